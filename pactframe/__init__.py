@@ -1,0 +1,42 @@
+"""pactframe: training-free model merging with pluggable components.
+
+Public API: the four contracts (:class:`Decomposer`, :class:`Preprocessor`,
+:class:`Merger`, :class:`Evaluator`), the value types they exchange
+(:class:`Factorization`, :class:`LayerBundle`, :class:`MergedTensor`), the
+``hookimpl`` marker for plugins, and :func:`build_registry`.
+"""
+
+from pactframe.contracts import (
+    Component,
+    Decomposer,
+    Evaluator,
+    Merger,
+    Preprocessor,
+    component_field,
+    param,
+)
+from pactframe.errors import PactframeError
+from pactframe.hookspecs import hookimpl
+from pactframe.registry import Registry, build_registry
+from pactframe.types import Factorization, LayerBundle, MergedTensor, Record
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Component",
+    "Decomposer",
+    "Evaluator",
+    "Factorization",
+    "LayerBundle",
+    "Merger",
+    "MergedTensor",
+    "PactframeError",
+    "Preprocessor",
+    "Record",
+    "Registry",
+    "build_registry",
+    "component_field",
+    "hookimpl",
+    "param",
+    "__version__",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from pactframe.cli import main
+
+sys.exit(main())

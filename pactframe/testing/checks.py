@@ -1,0 +1,297 @@
+"""Reusable contract checks for plugin authors (like scikit-learn's check_estimator).
+
+    from pactframe.testing import check_component
+    check_component(MyMerger)          # raises AssertionError naming the failed check
+
+Every check builds its own small float64 inputs (a 10x8 matrix tensor, a 1-D
+bias, three tasks, SPD covariances), so it needs nothing from the caller but
+a class (default-constructible) or an instance.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import numpy as np
+import torch
+
+from pactframe.contracts import CONTRACTS, Component, Decomposer, Evaluator, Merger, Preprocessor
+from pactframe.errors import InputError
+from pactframe.types import Factorization, LayerBundle, MergedTensor
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _instance(component: type[Component] | Component) -> Component:
+    if isinstance(component, Component):
+        return component
+    try:
+        return component()
+    except TypeError as exc:
+        raise AssertionError(
+            f"{component.__name__} must be constructible with no arguments (every parameter "
+            f"needs a default) for the contract checks; pass an instance instead ({exc})."
+        ) from exc
+
+
+def sample_bundles(seed: int = 0, num_tasks: int = 3, dtype: torch.dtype = torch.float64) -> list[LayerBundle]:
+    """A 10x8 weight and a length-8 bias for ``num_tasks`` tasks, with covariances."""
+    rng = np.random.default_rng(seed)
+    names = [f"task{i}" for i in range(num_tasks)]
+
+    def t(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(a).to(dtype)
+
+    covs = []
+    for _ in range(num_tasks):
+        x = rng.standard_normal((64, 8))
+        covs.append(t(x.T @ x / 64))
+    weight = LayerBundle(
+        name="layers.0.linear.weight",
+        base=t(rng.standard_normal((10, 8))),
+        task_vectors=[t(0.1 * rng.standard_normal((10, 8))) for _ in range(num_tasks)],
+        task_names=names,
+        covariances=covs,
+        seed=1234,
+    )
+    bias = LayerBundle(
+        name="layers.0.linear.bias",
+        base=t(rng.standard_normal(8)),
+        task_vectors=[t(0.1 * rng.standard_normal(8)) for _ in range(num_tasks)],
+        task_names=names,
+        covariances=None,
+        seed=5678,
+    )
+    return [weight, bias]
+
+
+def _clone_bundle(b: LayerBundle) -> LayerBundle:
+    return b.map_tensors(lambda x: x.clone())
+
+
+def _same_bundle_tensors(a: LayerBundle, b: LayerBundle) -> bool:
+    if not torch.equal(a.base, b.base):
+        return False
+    return all(torch.equal(x, y) for x, y in zip(a.task_vectors, b.task_vectors))
+
+
+# ---------------------------------------------------------------- common checks
+def check_component(component: type[Component] | Component) -> None:
+    """Run the common checks and those of the component's contract."""
+    inst = _instance(component)
+    cls = type(inst)
+    contract = CONTRACTS.get(getattr(cls, "kind", ""), None)
+    assert contract is not None and isinstance(inst, contract), (
+        f"{cls.__name__}.kind is {getattr(cls, 'kind', None)!r}; it must subclass one of "
+        "Decomposer, Preprocessor, Merger, Evaluator."
+    )
+    for check in COMMON_CHECKS + KIND_CHECKS[cls.kind]:
+        check(inst)
+
+
+def check_is_frozen_attrs(inst: Component) -> None:
+    """Components are frozen attrs classes whose fields are their hyperparameters."""
+    cls = type(inst)
+    assert attrs.has(cls), f"{cls.__name__} must be an attrs class (@attrs.frozen)."
+    fields = [f for f in attrs.fields(cls) if f.init]
+    if fields:
+        try:
+            setattr(inst, fields[0].name, getattr(inst, fields[0].name))
+        except attrs.exceptions.FrozenInstanceError:
+            pass
+        else:
+            raise AssertionError(f"{cls.__name__} must be frozen (@attrs.frozen).")
+
+
+def check_name(inst: Component) -> None:
+    """``name`` is a snake_case class attribute."""
+    name = getattr(type(inst), "name", None)
+    assert isinstance(name, str) and _NAME_RE.match(name), (
+        f"{type(inst).__name__}.name must be a snake_case string; got {name!r}."
+    )
+
+
+def check_parameters_listed(inst: Component) -> None:
+    """``parameters()`` lists every init field, and ``to_config`` rebuilds an equal instance."""
+    cls = type(inst)
+    listed = {p.name for p in cls.parameters()}
+    fields = {f.name for f in attrs.fields(cls) if f.init and not f.name.startswith("_")}
+    assert listed == fields, f"{cls.__name__}.parameters() lists {listed}, fields are {fields}."
+    config = inst.to_config()
+    assert config.pop("name") == cls.name
+    rebuilt = cls(**{k: _rebuild(getattr(inst, k), v) for k, v in config.items()})
+    assert rebuilt == inst, f"{cls.__name__}(**to_config()) differs from the instance."
+
+
+def _rebuild(original: Any, value: Any) -> Any:
+    return original if isinstance(original, Component) else value
+
+
+def check_picklable(inst: Component) -> None:
+    """Instances survive pickling (worker processes) and compare equal afterwards."""
+    clone = pickle.loads(pickle.dumps(inst))
+    assert clone == inst, f"{type(inst).__name__} does not survive a pickle round trip."
+
+
+def check_hashable(inst: Component) -> None:
+    """Frozen components are hashable (usable as cache keys)."""
+    hash(inst)
+
+
+COMMON_CHECKS: list[Callable[[Any], None]] = [
+    check_is_frozen_attrs,
+    check_name,
+    check_parameters_listed,
+    check_picklable,
+    check_hashable,
+]
+
+
+# ---------------------------------------------------------------- decomposers
+def _decompose(inst: Decomposer, a: torch.Tensor, rank: int | None, cov: torch.Tensor | None) -> Factorization:
+    g = torch.Generator().manual_seed(7)
+    return inst.decompose(a, rank, covariance=cov if inst.requires_covariance else None, generator=g)
+
+
+def check_decomposer_output(inst: Decomposer) -> None:
+    """Shapes, descending non-negative S, truncation, no input mutation, full-rank reconstruction."""
+    bundle = sample_bundles()[0]
+    a = bundle.finetuned(0)
+    cov = bundle.covariance(0)
+    a_copy = a.clone()
+    f = _decompose(inst, a, None, cov)
+    assert isinstance(f, Factorization), f"{type(inst).__name__}.decompose must return a Factorization."
+    assert torch.equal(a, a_copy), "decompose() mutated its input."
+    assert f.shape == tuple(a.shape), f"Factorization shape {f.shape} != input {tuple(a.shape)}."
+    assert f.rank == min(a.shape), f"rank=None must keep min(m, n) components; got {f.rank}."
+    assert bool((f.S[:-1] >= f.S[1:] - 1e-12).all()), "S must be sorted descending."
+    assert bool((f.S >= 0).all()), "S must be non-negative."
+    err = torch.linalg.matrix_norm(f.reconstruct().to(a.dtype) - a) / torch.linalg.matrix_norm(a)
+    assert float(err) < 1e-6, f"Full-rank reconstruction is off by a relative {float(err):.2e}."
+    f3 = _decompose(inst, a, 3, cov)
+    assert f3.rank == 3 and f3.shape == tuple(a.shape), "rank=3 must give a rank-3 factorization."
+    f_big = _decompose(inst, a, 10_000, cov)
+    assert f_big.rank == min(a.shape), "A rank above min(m, n) must be clipped."
+
+
+def check_decomposer_dtypes(inst: Decomposer) -> None:
+    """float32 in gives float32 out; half precision is computed in float32."""
+    bundle = sample_bundles()[0]
+    cov = bundle.covariance(0)
+    for dtype, expected in ((torch.float32, torch.float32), (torch.float16, torch.float32), (torch.bfloat16, torch.float32)):
+        f = _decompose(inst, bundle.finetuned(0).to(dtype), 4, None if cov is None else cov.to(torch.float32))
+        assert f.S.dtype == expected, f"{dtype} input gave {f.S.dtype} factors; expected {expected}."
+
+
+def check_decomposer_deterministic(inst: Decomposer) -> None:
+    """The same generator seed gives the same factorization."""
+    bundle = sample_bundles()[0]
+    a, cov = bundle.finetuned(0), bundle.covariance(0)
+    f1, f2 = _decompose(inst, a, 4, cov), _decompose(inst, a, 4, cov)
+    assert torch.equal(f1.reconstruct(), f2.reconstruct()), "Same seed, different result."
+
+
+def check_decomposer_requires_covariance(inst: Decomposer) -> None:
+    """A context-aware decomposer called without a covariance raises InputError."""
+    if not inst.requires_covariance:
+        return
+    a = sample_bundles()[0].finetuned(0)
+    try:
+        inst.decompose(a, 2)
+    except InputError:
+        return
+    raise AssertionError(f"{type(inst).__name__} requires a covariance but accepted none.")
+
+
+# ---------------------------------------------------------------- preprocessors
+def _prepared(inst: Preprocessor | Merger, bundles: list[LayerBundle]) -> Any:
+    return inst.prepare(iter(bundles)) if inst.needs_prepass else None
+
+
+def check_preprocessor_output(inst: Preprocessor) -> None:
+    """Same names, shapes, dtypes, base; inputs untouched; deterministic; T = 1 works."""
+    for num_tasks in (3, 1):
+        bundles = sample_bundles(num_tasks=num_tasks)
+        state = _prepared(inst, bundles)
+        for bundle in bundles:
+            before = _clone_bundle(bundle)
+            out = inst.preprocess(bundle, state)
+            assert isinstance(out, LayerBundle), "preprocess() must return a LayerBundle."
+            assert _same_bundle_tensors(bundle, before), "preprocess() mutated its input bundle."
+            assert out.name == bundle.name and out.task_names == bundle.task_names
+            assert torch.equal(out.base, bundle.base), "preprocess() must not change the base."
+            for tv, orig in zip(out.task_vectors, bundle.task_vectors):
+                assert tv.shape == orig.shape and tv.dtype == orig.dtype, (
+                    f"{bundle.name}: task vector {tuple(orig.shape)}/{orig.dtype} came back "
+                    f"as {tuple(tv.shape)}/{tv.dtype}."
+                )
+                assert bool(torch.isfinite(tv).all()), f"{bundle.name}: non-finite output."
+            again = inst.preprocess(bundle, state)
+            assert _same_bundle_tensors(out, again), f"{bundle.name}: not deterministic."
+            _check_records_json(out.records)
+
+
+def _check_records_json(records: Any) -> None:
+    for record in records:
+        json.dumps(dict(record.data))
+
+
+# ---------------------------------------------------------------- mergers
+def check_merger_output(inst: Merger) -> None:
+    """A MergedTensor shaped like the base, finite, deterministic; inputs untouched; T = 1 works."""
+    for num_tasks in (3, 1):
+        bundles = sample_bundles(num_tasks=num_tasks)
+        state = _prepared(inst, bundles)
+        for bundle in bundles:
+            if inst.supports(bundle) is not None:
+                continue
+            before = _clone_bundle(bundle)
+            out = inst.merge(bundle, state)
+            assert isinstance(out, MergedTensor), "merge() must return a MergedTensor."
+            assert _same_bundle_tensors(bundle, before), "merge() mutated its input bundle."
+            assert out.delta.shape == bundle.base.shape, (
+                f"{bundle.name}: merged delta {tuple(out.delta.shape)} != base {tuple(bundle.base.shape)}."
+            )
+            assert bool(torch.isfinite(out.delta).all()), f"{bundle.name}: non-finite merge."
+            again = inst.merge(bundle, state)
+            assert torch.equal(out.delta, again.delta), f"{bundle.name}: not deterministic."
+            if out.is_task_conditioned:
+                assert out.task_names == bundle.task_names
+                for name in bundle.task_names:
+                    assert out.task_delta(name).shape == bundle.base.shape
+            _check_records_json(out.records)
+
+
+def check_merger_supports_matrix(inst: Merger) -> None:
+    """Every merger takes a plain 2-D weight (non-matrix tensors may go to a fallback)."""
+    reason = inst.supports(sample_bundles()[0])
+    assert reason is None, f"{type(inst).__name__} refuses a 2-D weight: {reason}"
+
+
+# ---------------------------------------------------------------- evaluators
+def check_evaluator(inst: Evaluator) -> None:
+    """``level`` is 'tensor' or 'model'; tensor evaluators return JSON-serialisable data."""
+    assert inst.level in ("tensor", "model"), f"level must be 'tensor' or 'model'; got {inst.level!r}."
+    if inst.level != "tensor":
+        return
+    for bundle in sample_bundles():
+        data = inst.evaluate_tensor(bundle, bundle, None)
+        json.dumps(dict(data))
+
+
+KIND_CHECKS: dict[str, list[Callable[[Any], None]]] = {
+    "decomposer": [
+        check_decomposer_output,
+        check_decomposer_dtypes,
+        check_decomposer_deterministic,
+        check_decomposer_requires_covariance,
+    ],
+    "preprocessor": [check_preprocessor_output],
+    "merger": [check_merger_supports_matrix, check_merger_output],
+    "evaluator": [check_evaluator],
+}

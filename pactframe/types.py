@@ -118,6 +118,11 @@ class LayerBundle:
         seed: the tensor-level seed, derived from the run seed and ``name``
             (see :func:`pactframe.seeding.derive_seed`).
         records: report data attached so far by preprocessors.
+        input_axis: which axis of a 2-D weight is its input side: ``1`` for the
+            ``nn.Linear`` layout ``(d_out, d_in)`` (default), ``0`` for transposed
+            layouts such as GPT-2's ``Conv1D`` ``(d_in, d_out)``. Covariances are
+            always ``(d_in, d_in)``; the pipeline sets this from the covariance
+            file's layout metadata.
     """
 
     name: str
@@ -129,8 +134,11 @@ class LayerBundle:
     )
     seed: int = 0
     records: tuple[Record, ...] = attrs.field(default=(), converter=tuple)
+    input_axis: int = 1
 
     def __attrs_post_init__(self) -> None:
+        if self.input_axis not in (0, 1):
+            raise InputError(f"Tensor {self.name!r}: input_axis must be 0 or 1; got {self.input_axis!r}.")
         T = len(self.task_vectors)
         if T == 0:
             raise InputError(f"Tensor {self.name!r}: a LayerBundle needs at least one task vector.")

@@ -28,7 +28,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _instance(component: type[Component] | Component) -> Component:
-    if isinstance(component, Component):
+    if not isinstance(component, type):  # an instance (of a Component or not)
         return component
     try:
         return component()
@@ -134,7 +134,14 @@ def _rebuild(original: Any, value: Any) -> Any:
 
 def check_picklable(inst: Component) -> None:
     """Instances survive pickling (worker processes) and compare equal afterwards."""
-    clone = pickle.loads(pickle.dumps(inst))
+    try:
+        clone = pickle.loads(pickle.dumps(inst))
+    except Exception as exc:  # pickle raises several types (PicklingError, AttributeError...)
+        raise AssertionError(
+            f"{type(inst).__name__} cannot be pickled, so it cannot be sent to worker "
+            f"processes: {exc}. Define the class at module level and keep its fields "
+            "picklable (no lambdas, open files or locks)."
+        ) from exc
     assert clone == inst, f"{type(inst).__name__} does not survive a pickle round trip."
 
 

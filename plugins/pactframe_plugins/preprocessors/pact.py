@@ -1,8 +1,320 @@
-"""PLACEHOLDER (to be replaced by the issue that builds it): registers nothing yet."""
+"""PACT: cross-task Load-Bearing-Wall (LBW) protection of task vectors.
 
-from pactframe import hookimpl
+Shi et al., "PACT: Preserving Anchored Cores in Task-vectors for Model
+Merging", arXiv 2606.18627; the operator as implemented in the authors' code
+(``full-finetune/src/utils/pact_utils.py``), with the three defects of that
+code fixed (see ``docs/pact.md`` and ALGORITHMS.md, Part 2, section 1).
+
+The subspace helpers below (:func:`core_basis`, :func:`relied_subspace`,
+:func:`protect_bases`...) are shared with the ``intrusion_energy`` evaluator.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import attrs
+import torch
+
+from pactframe import (
+    Decomposer,
+    LayerBundle,
+    Preprocessor,
+    Record,
+    component_field,
+    hookimpl,
+    param,
+)
+from pactframe.errors import InputError, InvalidParameterError
+from pactframe.linalg import as_working, orth
+from pactframe.seeding import generator
+from pactframe.types import Factorization
+from pactframe.validation import integer, one_of, regex
+from pactframe_plugins.decomposers.exact_svd import ExactSVD
+
+#: Names PACT leaves alone by default (searched anywhere in the tensor name):
+#: token / position embeddings, classification and LM heads, every norm
+#: (LayerNorm, RMSNorm, ``ln_1``...), CLIP's ``text_projection`` and ``logit_scale``.
+DEFAULT_EXCLUDE = r"embed|lm_head|head|norm|ln_|text_projection|logit_scale"
+
+#: The released code's threshold below which a relied residual counts as empty
+#: (used only with ``orth_method="qr"``, for parity with that code).
+_REFERENCE_EMPTY_RESIDUAL = 1e-6
+
+
+# ----------------------------------------------------------------- subspace helpers
+def input_side_view(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:
+    """``matrix`` as ``(d_out, d_in)`` (a transposed view for ``input_axis == 0``)."""
+    return matrix if input_axis == 1 else matrix.transpose(0, 1)
+
+
+def check_base(bundle: LayerBundle) -> None:
+    """The base must be a real pre-trained weight: finite and not all zeros.
+
+    The released PACT code merged with a zero "pre-trained" tensor, whose SVD
+    is an arbitrary (identity) basis; we refuse it instead.
+    """
+    if not bool(torch.isfinite(bundle.base).all()):
+        raise InputError(
+            f"Tensor {bundle.name!r}: the base weight holds NaN or inf values, so its core "
+            "subspace is undefined. Check the pre-trained checkpoint."
+        )
+    if not bool(torch.any(bundle.base != 0)):
+        raise InputError(
+            f"Tensor {bundle.name!r}: the base (pre-trained) weight is all zeros, so PACT has "
+            f"no pre-trained core to protect (received a zero tensor of shape "
+            f"{tuple(bundle.base.shape)}). Pass the real pre-trained checkpoint as the base, "
+            "or exclude this tensor with PACT's 'exclude' pattern."
+        )
+
+
+def leading_basis(factorization: Factorization, side: str) -> torch.Tensor:
+    """Orthonormal basis of the leading singular subspace on ``side``, clipped to
+    the numerical rank (``S > S_max * max(m, n) * eps``): singular vectors of zero
+    singular values are arbitrary and must not enter a protect space.
+
+    Returns ``V_r`` ``(n, r)`` for ``side == "right"``, ``U_r`` ``(m, r)`` for ``"left"``.
+    """
+    s = factorization.S
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        keep = 0
+    else:
+        m, n = factorization.shape
+        keep = int((s > s[0] * max(m, n) * torch.finfo(s.dtype).eps).sum())
+    if side == "right":
+        return factorization.right_basis(keep)
+    return factorization.left_basis(keep)
+
+
+def core_basis(factorization: Factorization, side: str = "right") -> torch.Tensor:
+    """``V_{0,K}`` (or ``U_{0,K}``): the pre-trained core, PACT paper eq. (37)."""
+    return leading_basis(factorization, side)
+
+
+def relied_subspace(
+    core: torch.Tensor, task: torch.Tensor, *, basis: str = "svd"
+) -> torch.Tensor:
+    """Task ``t``'s implicit-reliance (LBW) subspace, shape ``(d, r_t)`` with ``r_t <= K``::
+
+        V_rel_t = orth((I - V_tk V_tk^T) V_0K)
+
+    computed as ``V_0K - V_tk (V_tk^T V_0K)`` (never a ``d x d`` matrix).
+    ``core`` is ``V_0K`` ``(d, K)``, ``task`` is ``V_tk`` ``(d, k)``, both orthonormal.
+    With ``basis="svd"`` (default) an all-rounding-noise residual (Frobenius norm
+    below ``sqrt(K) max(d, K) eps``; it has unit-scale columns) gives an empty
+    basis and :func:`pactframe.linalg.orth` keeps only the numerical range;
+    ``basis="qr"`` reproduces the released code (plain QR, empty below 1e-6).
+    """
+    d, K = core.shape
+    if K == 0:
+        return core.new_zeros((d, 0))
+    residual = core - task @ (task.transpose(0, 1) @ core)
+    norm = float(torch.linalg.vector_norm(residual))
+    if basis == "qr":
+        if norm < _REFERENCE_EMPTY_RESIDUAL:
+            return core.new_zeros((d, 0))
+        return torch.linalg.qr(residual).Q
+    if norm <= math.sqrt(K) * max(d, K) * torch.finfo(residual.dtype).eps:
+        return core.new_zeros((d, 0))
+    return orth(residual)
+
+
+def protect_bases(relied: Sequence[torch.Tensor], *, basis: str = "svd") -> list[torch.Tensor]:
+    """``Q_j = orth(concat_{i != j} V_rel_i)`` for every task ``j``, each ``(d, p_j)``
+    with ``p_j <= min(d, sum_{i != j} r_i)``; an empty union gives ``(d, 0)``."""
+    out = []
+    for j in range(len(relied)):
+        others = [r for i, r in enumerate(relied) if i != j and r.shape[1] > 0]
+        if not others:
+            out.append(relied[j].new_zeros((relied[j].shape[0], 0)))
+            continue
+        union = torch.cat(others, dim=1)
+        out.append(torch.linalg.qr(union).Q if basis == "qr" else orth(union))
+    return out
+
+
+def remove_right(delta: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``Delta - (Delta Q) Q^T``: remove the input-side (row-space) part in ``range(Q)``."""
+    return delta - (delta @ q) @ q.transpose(0, 1)
+
+
+def remove_left(delta: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``Delta - Q (Q^T Delta)``: remove the output-side (column-space) part in ``range(Q)``."""
+    return delta - q @ (q.transpose(0, 1) @ delta)
+
+
+_REMOVERS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "right": remove_right,
+    "left": remove_left,
+}
+
+
+def check_orthonormal_decomposer(instance: Any, attribute: Any, value: Any) -> None:
+    """attrs-style validator: an orthonormal decomposer that needs no covariance."""
+    if not isinstance(value, Decomposer) or value.requires_covariance:
+        raise InvalidParameterError(
+            f"The {attribute.name!r} parameter of {type(instance).__name__} must be a "
+            "decomposer with orthonormal factors that needs no covariance (e.g. 'exact_svd' "
+            f"or 'randomized_svd'). Got {value!r} instead."
+        )
+
+
+# ----------------------------------------------------------------- the preprocessor
+@attrs.frozen
+class PACTAligner(Preprocessor):
+    """PACT's Load-Bearing-Wall aligner: cross-task protection of task vectors.
+
+    Shi et al., arXiv 2606.18627 (PACT), Sec. 4 and the authors'
+    ``pact_utils.py``. For a 2-D weight ``W_0`` ``(d_out, d_in)`` and task
+    vectors ``Delta_t`` ``(d_out, d_in)``, ``t = 1..T`` (right = input side)::
+
+        V_0K   = top-K right singular vectors of W_0                  (d_in, K)
+        V_tk   = top-k right singular vectors of Delta_t              (d_in, k)
+        V_rel_t = orth((I - V_tk V_tk^T) V_0K)                         (d_in, r_t <= K)
+        Q_j    = orth(concat_{i != j} V_rel_i)                         (d_in, p_j)
+        Delta_j' = Delta_j - (Delta_j Q_j) Q_j^T
+
+    ``V_rel_t`` is the part of the pre-trained core that task ``t`` relies on
+    without rewriting it (its LBW subspace); each task is filtered against the
+    OTHER tasks' LBW subspaces, so after any merge no other task writes into
+    task ``i``'s anchored core: ``Delta_j' V_rel_i = 0`` for ``i != j``.
+    ``orth`` is rank-revealing (:func:`pactframe.linalg.orth`), so
+    ``p_j <= min(d_in, K + (T - 1) k)`` and the result is positively
+    homogeneous and reproducible. No ``d_in x d_in`` matrix is ever formed.
+
+    Sides: ``"right"`` (default, the paper's and the code's) acts on the input
+    side as above. ``"left"`` is the same construction on the output side, with
+    the top left singular vectors ``U_0K``, ``U_tk`` and
+    ``Delta_j' = Delta_j - Q_j (Q_j^T Delta_j)``. ``"both"`` applies both
+    filters, ``Delta_j' = (I - Q_j^L Q_j^L^T) Delta_j (I - Q_j^R Q_j^R^T)``
+    (the two commute), so the other tasks' relied subspaces are protected on
+    both sides: ``Delta_j' V_rel_i = 0`` and ``U_rel_i^T Delta_j' = 0``. The
+    input side follows ``bundle.input_axis`` (transposed ``Conv1D`` layouts work).
+
+    Decompositions: exactly ``T + 1`` calls of ``decomposer`` per filtered
+    tensor (one of ``W_0`` with rank ``K``, one of each ``Delta_t`` with rank
+    ``k``); ``exact_svd`` is the paper's PACT, ``randomized_svd`` its Efficient
+    PACT (the call for ``W_0`` gets ``generator(seed, "pact", 0)``, task ``t``
+    gets ``generator(seed, "pact", t + 1)``). Both bases are clipped to the
+    numerical rank. Tensors that PACT does not touch (excluded names, non-matrix
+    tensors, ``T = 1``, ``K = 0``) pass through unchanged with no decomposition,
+    and every bundle gets a ``Record("pact", ...)`` saying what was done.
+
+    Computed in the working dtype of the inputs (half precision in float32) and
+    returned in the task vectors' dtype.
+    """
+
+    name: ClassVar[str] = "pact"
+
+    core_rank: int = param(
+        15,
+        validator=integer(0),
+        help="K: top right singular vectors of the pre-trained weight forming its core "
+        "(absolute; clipped to min(d_out, d_in)); the paper's (K, k) = (15, 8)",
+    )
+    task_rank: int = param(
+        8,
+        validator=integer(0),
+        help="k: top singular vectors of each task vector (its explicit, active subspace; "
+        "absolute, clipped to min(d_out, d_in))",
+    )
+    side: str = param(
+        "right",
+        validator=one_of(("right", "left", "both")),
+        help="'right': input side (paper, code); 'left': output side; 'both': both filters",
+    )
+    decomposer: Decomposer = component_field(
+        "decomposer",
+        ExactSVD(),
+        help="top-K / top-k subspaces: 'exact_svd' (PACT) or 'randomized_svd' (Efficient PACT)",
+    )
+    exclude: str = param(
+        DEFAULT_EXCLUDE,
+        validator=regex(),
+        help="regex searched in tensor names; matches pass through unchanged",
+    )
+    orth_method: str = param(
+        "svd",
+        validator=one_of(("svd", "qr")),
+        help="'svd': rank-revealing orth (default); 'qr': the released code's plain QR "
+        "(noise-dependent on rank-deficient unions; parity checks only)",
+    )
+
+    def __attrs_post_init__(self) -> None:
+        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
+
+    # ---------------------------------------------------------------- API
+    def pass_through_reason(self, bundle: LayerBundle) -> str | None:
+        """Why PACT leaves ``bundle`` unchanged, or ``None`` if it filters it."""
+        if not bundle.is_matrix:
+            return f"not a matrix (shape {list(bundle.base.shape)})"
+        if re.search(self.exclude, bundle.name):
+            return f"name matches the exclude pattern {self.exclude!r}"
+        if bundle.num_tasks == 1:
+            return "a single task: there is no other task's subspace to protect"
+        if self.core_rank == 0:
+            return "core_rank is 0: the pre-trained core is empty"
+        return None
+
+    def preprocess(self, bundle: LayerBundle, state: Any = None) -> LayerBundle:
+        reason = self.pass_through_reason(bundle)
+        if reason is not None:
+            skipped = {"action": "passed_through", "reason": reason}
+            return bundle.with_record(Record(self.name, skipped))
+        check_base(bundle)
+        axis = bundle.input_axis
+        base = as_working(input_side_view(bundle.base, axis))
+        deltas = [as_working(input_side_view(tv, axis)) for tv in bundle.task_vectors]
+        full = min(base.shape)
+        K, k = min(self.core_rank, full), min(self.task_rank, full)
+
+        core = self.decomposer.decompose(base, K, generator=generator(bundle.seed, self.name, 0))
+        tasks = [
+            self.decomposer.decompose(d, k, generator=generator(bundle.seed, self.name, t + 1))
+            for t, d in enumerate(deltas)
+        ]
+        sides = ("right", "left") if self.side == "both" else (self.side,)
+        names = bundle.task_names
+        data: dict[str, Any] = {
+            "action": "filtered",
+            "side": self.side,
+            "decomposer": self.decomposer.name,
+            "core_rank": K,
+            "task_rank": k,
+        }
+        filtered = deltas
+        for side in sides:
+            v0 = core_basis(core, side)
+            relied = [
+                relied_subspace(v0, leading_basis(f, side), basis=self.orth_method) for f in tasks
+            ]
+            protect = protect_bases(relied, basis=self.orth_method)
+            filtered = [_REMOVERS[side](d, q) for d, q in zip(filtered, protect)]
+            data[side] = {
+                "core_dim": int(v0.shape[1]),
+                "relied_dims": {n: int(r.shape[1]) for n, r in zip(names, relied)},
+                "protect_dims": {n: int(q.shape[1]) for n, q in zip(names, protect)},
+            }
+        data["removed_energy"] = {
+            n: _removed_fraction(before, after) for n, before, after in zip(names, deltas, filtered)
+        }
+        out = [
+            input_side_view(f, axis).to(tv.dtype) for f, tv in zip(filtered, bundle.task_vectors)
+        ]
+        return bundle.with_task_vectors(out, record=Record(self.name, data))
+
+
+def _removed_fraction(before: torch.Tensor, after: torch.Tensor) -> float:
+    """``||Delta - Delta'||_F^2 / ||Delta||_F^2`` (0 for a zero task vector)."""
+    total = float(torch.linalg.vector_norm(before)) ** 2
+    if total == 0.0:
+        return 0.0
+    return float(torch.linalg.vector_norm(before - after)) ** 2 / total
 
 
 @hookimpl
-def pactframe_register_preprocessors():
-    return []
+def pactframe_register_preprocessors() -> list[type[Preprocessor]]:
+    return [PACTAligner]

@@ -1,8 +1,49 @@
-"""PLACEHOLDER (to be replaced by the issue that builds it): registers nothing yet."""
+"""Weight averaging (model soup of fine-tuned models sharing one base)."""
 
-from pactframe import hookimpl
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from pactframe import LayerBundle, MergedTensor, Merger, hookimpl, param
+from pactframe.validation import real
+from pactframe_plugins.mergers._common import (
+    float_support_reason,
+    require_float,
+    stacked_task_vectors,
+)
+
+
+@attrs.frozen
+class WeightAveraging(Merger):
+    """Weight averaging: ``delta = scaling * (1/T) sum_t Delta_t`` (MEAN convention).
+
+    Wortsman et al., "Model soups", ICML 2022 (uniform soup), written on task
+    vectors: ``theta = (1/T) sum_t theta_t = theta_0 + (1/T) sum_t Delta_t``.
+    It is Task Arithmetic (Ilharco et al., ICLR 2023) with ``lambda = 1/T``;
+    ``scaling`` multiplies the mean (1.0 gives the plain average of the
+    fine-tuned weights).
+
+    Shapes: any floating tensor shape; the delta has the base's shape. It is
+    also the default ``fallback`` of the SVD-based mergers for non-matrix
+    tensors (the authors' ``mean_t Delta_t``).
+    """
+
+    name: ClassVar[str] = "average"
+
+    scaling: float = param(
+        1.0, validator=real(), help="factor multiplying the MEAN of the task vectors"
+    )
+
+    def supports(self, bundle: LayerBundle) -> str | None:
+        return float_support_reason(bundle)
+
+    def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
+        require_float(bundle, self.name)
+        return MergedTensor(self.scaling * stacked_task_vectors(bundle).mean(dim=0))
 
 
 @hookimpl
-def pactframe_register_mergers():
-    return []
+def pactframe_register_mergers() -> list[type[Merger]]:
+    return [WeightAveraging]

@@ -1,8 +1,52 @@
-"""PLACEHOLDER (to be replaced by the issue that builds it): registers nothing yet."""
+"""Task Arithmetic (Ilharco et al., ICLR 2023)."""
 
-from pactframe import hookimpl
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+
+from pactframe import LayerBundle, MergedTensor, Merger, hookimpl, param
+from pactframe.validation import real
+from pactframe_plugins.mergers._common import (
+    float_support_reason,
+    require_float,
+    stacked_task_vectors,
+)
+
+
+@attrs.frozen
+class TaskArithmetic(Merger):
+    """Task Arithmetic: ``delta = lambda * sum_t Delta_t`` (SUM convention).
+
+    Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023, Sec. 2:
+    ``theta = theta_0 + lambda * sum_{t=1}^T tau_t`` with task vectors
+    ``tau_t = theta_t - theta_0`` (authors' code ``mlfoundations/task_vectors``,
+    ``TaskVector.apply_to``). ``scaling`` is the paper's ``lambda``.
+
+    Shapes: any floating tensor shape (matrices, biases, norms, 0-D); the delta
+    has the base's shape. Every float tensor is merged the same way, as in the
+    authors' code; integer and boolean buffers are refused by :meth:`supports`.
+
+    Default ``scaling = 0.3``: FusionBench's ``scaling_factor`` and the fixed
+    value of the EMR/AdaMerging ViT scripts. The paper picks ``lambda`` on
+    held-out validation data (grid 0..1); ``scaling = 1 / T`` is weight averaging.
+    """
+
+    name: ClassVar[str] = "task_arithmetic"
+
+    scaling: float = param(
+        0.3, validator=real(), help="lambda multiplying the SUM of the task vectors"
+    )
+
+    def supports(self, bundle: LayerBundle) -> str | None:
+        return float_support_reason(bundle)
+
+    def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
+        require_float(bundle, self.name)
+        return MergedTensor(self.scaling * stacked_task_vectors(bundle).sum(dim=0))
 
 
 @hookimpl
-def pactframe_register_mergers():
-    return []
+def pactframe_register_mergers() -> list[type[Merger]]:
+    return [TaskArithmetic]

@@ -1,0 +1,116 @@
+"""Helpers shared by the built-in mergers (one place, no copies between modules).
+
+- :func:`float_support_reason`: the one rule for tensors no merger can take
+  (integer and boolean buffers such as ``position_ids`` or step counters).
+- :func:`stacked_task_vectors`: the ``T`` task vectors as one ``(T, *shape)`` tensor.
+- :func:`polar_factor`: the orthogonal polar factor ``u @ vh`` of a thin SVD, which
+  TSV-M and Iso-CTS use to orthogonalise concatenated singular vectors.
+- :func:`fallback_field` / :func:`merge_with_fallback`: how the SVD-based mergers
+  treat tensors that are not matrices (biases, norms, 1-D and 0-D tensors).
+- :func:`linear_layout` / :func:`from_linear_layout`: view a transposed
+  (``Conv1D``) weight in the ``(d_out, d_in)`` layout and back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+
+from pactframe import LayerBundle, MergedTensor, Merger, Record
+from pactframe.errors import InputError, InvalidParameterError
+from pactframe.linalg import as_working
+
+
+def float_support_reason(bundle: LayerBundle) -> str | None:
+    """``None`` for floating-point tensors, else why a merger cannot take the bundle."""
+    if not bundle.base.is_floating_point():
+        return (
+            f"tensor {bundle.name!r} has dtype {bundle.base.dtype}; mergers average or rescale "
+            "values, which is meaningless for integer and boolean buffers (keep the base value)"
+        )
+    return None
+
+
+def require_float(bundle: LayerBundle, merger: str) -> None:
+    """Raise :class:`InputError` when ``merger`` is handed a non-float tensor."""
+    reason = float_support_reason(bundle)
+    if reason is not None:
+        raise InputError(
+            f"The {merger!r} merger cannot merge {reason}. Check supports() first, or "
+            "exclude the tensor from merging."
+        )
+
+
+def stacked_task_vectors(bundle: LayerBundle) -> torch.Tensor:
+    """The task vectors as a ``(T, *shape)`` tensor (a copy; inputs stay untouched)."""
+    return torch.stack(bundle.task_vectors)
+
+
+def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
+    """Orthogonal polar factor ``u @ vh`` of ``matrix = u diag(s) vh`` (thin SVD).
+
+    Shape ``(m, k)`` in, ``(m, k)`` out, with orthonormal columns when ``m >= k``
+    (rows when ``m < k``). It is the orthonormal matrix nearest to ``matrix`` in
+    Frobenius norm, and equals ``A (A^T A)^{-1/2}`` for full column rank ``A``.
+    Half-precision input is computed in float32.
+    """
+    u, _, vh = torch.linalg.svd(as_working(matrix), full_matrices=False)
+    return u @ vh
+
+
+def linear_layout(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:
+    """``matrix`` in the ``(d_out, d_in)`` layout (a transposed view when ``input_axis == 0``)."""
+    return matrix if input_axis == 1 else matrix.transpose(0, 1)
+
+
+def from_linear_layout(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:
+    """Inverse of :func:`linear_layout` (contiguous result)."""
+    out = matrix if input_axis == 1 else matrix.transpose(0, 1)
+    return out.contiguous()
+
+
+def _check_fallback(instance: Any, attribute: Any, value: Any) -> None:
+    if not isinstance(value, Merger):
+        raise InvalidParameterError(
+            f"The {attribute.name!r} parameter of {type(instance).__name__} must be a merger "
+            "(a registered merger name, a mapping with 'name', or an instance). "
+            f"Got {value!r} instead."
+        )
+    if value.needs_prepass:
+        raise InvalidParameterError(
+            f"The {attribute.name!r} parameter of {type(instance).__name__} must be a merger "
+            f"without a whole-model prepass; got {value.name!r}, which needs one. Use e.g. "
+            "'average' or 'task_arithmetic' for non-matrix tensors."
+        )
+
+
+def fallback_field(default: Merger) -> Any:
+    """The ``fallback`` field of the SVD-based mergers (a merger for non-matrix tensors)."""
+    return attrs.field(
+        default=default,
+        validator=_check_fallback,
+        metadata={
+            "component_kind": "merger",
+            "help": "merger for tensors that are not matrices (biases, norms, 1-D/0-D); "
+            "its delta is multiplied by this merger's scaling, as in the authors' code",
+        },
+    )
+
+
+def merge_with_fallback(
+    fallback: Merger, bundle: LayerBundle, scaling: float, owner: str
+) -> MergedTensor:
+    """``scaling * fallback(bundle)``: the authors' ``theta_0 + alpha * mean_t Delta_t``
+    for non-matrix tensors when ``fallback`` is plain averaging.
+
+    The result carries a record saying which rule handled the tensor.
+    """
+    result = fallback.merge(bundle)
+    record_data = {"rule": "fallback", "fallback": fallback.name, "reason": "not a matrix"}
+    return attrs.evolve(
+        result,
+        delta=scaling * result.delta,
+        records=(*result.records, Record(owner, record_data)),
+    )

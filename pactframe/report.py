@@ -1,0 +1,170 @@
+"""The merge report (``merge_report.json``) and its Markdown model card (``README.md``).
+
+The report holds: the resolved config (every component with all parameters),
+versions, seed, device, which recipe / rule / fallback handled each tensor and
+why, every record the preprocessors and mergers attached (PACT's intrusion
+energies, PAVE's allocations...), every tensor-level evaluator's data, timings
+and peak memory. The model card summarises it for people.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from pactframe.checkpoint import format_bytes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pactframe.pipeline import MergePipeline
+    from pactframe.plan import MergePlan
+
+REPORT_VERSION = 1
+
+
+def build_report(
+    pipeline: MergePipeline,
+    plan: MergePlan,
+    entries: Sequence[dict[str, Any]],
+    *,
+    peak_rss: int,
+    peak_device: int | None,
+    modulators: str | None,
+    shards: Sequence[str],
+) -> dict[str, Any]:
+    from pactframe import __version__
+
+    spec = pipeline.spec
+    handled = Counter(
+        e["handler"] if e["handler"] != "recipe" else f"recipe ({e['route']})" for e in entries
+    )
+    numel = sum(_numel(e["shape"]) for e in entries)
+    return {
+        "report_version": REPORT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "pactframe": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "config_file": str(spec.source) if spec.source else None,
+        "config": spec.to_dict(),
+        "seed": spec.seed,
+        "device": str(pipeline.device),
+        "compute_dtype": spec.compute_dtype,
+        "tasks": list(spec.task_names),
+        "summary": {
+            "tensors": len(entries),
+            "parameters": numel,
+            "handled_by": dict(sorted(handled.items())),
+            "output_bytes": plan.output_bytes,
+            "read_bytes": plan.read_bytes,
+            "shards": list(shards),
+            "task_modulators": modulators,
+        },
+        "timings": {k: round(v, 4) for k, v in sorted(pipeline.timings.items())},
+        "memory": {
+            "peak_rss_bytes": peak_rss,
+            "peak_device_bytes": peak_device,
+            "estimated_working_set_bytes": plan.memory_estimate()["working_set_bytes"],
+        },
+        "tensors": list(entries),
+    }
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _evaluator_means(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean of every numeric top-level field of every evaluator, over tensors."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for e in entries:
+        for ev, data in e.get("evaluators", {}).items():
+            if not isinstance(data, dict):
+                continue
+            for key, value in data.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    sums.setdefault(ev, {}).setdefault(key, []).append(float(value))
+    return {ev: {k: sum(v) / len(v) for k, v in d.items()} for ev, d in sums.items()}
+
+
+def model_card(report: dict[str, Any]) -> str:
+    """A Markdown summary of a merge report."""
+    cfg = report["config"]
+    s = report["summary"]
+    lines = [
+        "---",
+        "tags: [merge, pactframe]",
+        "---",
+        "",
+        "# Merged model",
+        "",
+        f"Merged with pactframe {report['versions']['pactframe']} on "
+        f"{report['created']} (torch {report['versions']['torch']}, device "
+        f"`{report['device']}`, compute dtype `{report['compute_dtype']}`, seed {report['seed']}).",
+        "",
+        "## Inputs",
+        "",
+        f"- base: `{cfg['base']}`",
+    ]
+    for m in cfg["models"]:
+        cov = f" (covariance `{m['covariance']}`)" if m.get("covariance") else ""
+        lines.append(f"- task `{m['name']}`: `{m['path']}`{cov}")
+    pre = ", ".join(f"`{p['name']}`" for p in cfg["preprocessors"]) or "none"
+    lines += [
+        "",
+        "## Recipe",
+        "",
+        f"- preprocessors: {pre}",
+        f"- merger: `{_short(cfg['merger'])}`",
+        f"- fallback: `{_short(cfg['fallback']) if cfg['fallback'] else 'none'}`",
+    ]
+    for r in cfg["rules"]:
+        what = "fallback (excluded)" if r["exclude"] else f"`{_short(r['merger'])}`"
+        lines.append(f"- rule `{r['match']}`: {what}")
+    lines += [
+        "",
+        "## Result",
+        "",
+        f"- {s['tensors']} tensors, {s['parameters']:,} parameters, "
+        f"{format_bytes(s['output_bytes'])} in {len(s['shards'])} shard(s)",
+        "- handled by: " + ", ".join(f"{k}: {v}" for k, v in s["handled_by"].items()),
+    ]
+    if s["task_modulators"]:
+        lines.append(
+            f"- task-conditioned: per-task masks and scales in `{s['task_modulators']}`; "
+            "`pactframe materialize THIS_FOLDER --task NAME DEST` writes one task's model"
+        )
+    t = report["timings"]
+    mem = report["memory"]
+    lines.append(
+        f"- wall time {t.get('total_s', 0):.1f} s, peak RSS {format_bytes(mem['peak_rss_bytes'])}"
+        + (
+            f", peak GPU memory {format_bytes(mem['peak_device_bytes'])}"
+            if mem.get("peak_device_bytes")
+            else ""
+        )
+    )
+    means = _evaluator_means(report["tensors"])
+    if means:
+        lines += ["", "## Diagnostics (mean over tensors)", ""]
+        for ev, values in sorted(means.items()):
+            shown = ", ".join(f"{k} = {v:.4g}" for k, v in sorted(values.items()))
+            lines.append(f"- `{ev}`: {shown}")
+    lines += ["", "Every tensor's handler, records and diagnostics are in `merge_report.json`.", ""]
+    return "\n".join(lines)
+
+
+def _short(component: dict[str, Any]) -> str:
+    params = ", ".join(
+        f"{k}={v}" for k, v in component.items() if k != "name" and not isinstance(v, dict)
+    )
+    return f"{component['name']}({params})"

@@ -62,6 +62,28 @@ def scaled(bundle: LayerBundle, factor: float) -> LayerBundle:
 
 
 @st.composite
+def distinct_task_bundles(
+    draw: st.DrawFn,
+    *,
+    num_tasks: st.SearchStrategy[int] = TASKS,
+    rows: st.SearchStrategy[int] = SIDE,
+    cols: st.SearchStrategy[int] = SIDE,
+) -> LayerBundle:
+    """T full-rank task vectors ``U_t diag(s_t) V_t^T`` with separated spectra and
+    singular vectors from ONE seeded generator, so tasks are never identical
+    (identical tasks make concatenated singular vectors rank-deficient and the
+    polar factor arbitrary, in the authors' code as in ours)."""
+    m, n, T = draw(rows), draw(cols), draw(num_tasks)
+    r = min(m, n)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    tasks = []
+    for _ in range(T):
+        s = draw(spectra(r)) * draw(st.floats(0.1, 1.0))
+        tasks.append((orthonormal_columns(rng, m, r) * s) @ orthonormal_columns(rng, n, r).T)
+    return bundle_from_arrays(tasks, rng.standard_normal((m, n)))
+
+
+@st.composite
 def bundles_with_full_rank_sum(
     draw: st.DrawFn, *, num_tasks: st.SearchStrategy[int] = TASKS
 ) -> LayerBundle:

@@ -94,6 +94,29 @@ def core_basis(factorization: Factorization, side: str = "right") -> torch.Tenso
     return leading_basis(factorization, side)
 
 
+def orth_unit_scale(matrix: torch.Tensor) -> torch.Tensor:
+    """Rank-revealing orthonormal basis of ``range(matrix)`` for a matrix whose
+    columns have unit scale (orthonormal vectors, or their projections).
+
+    Its singular values are cosines / sines of principal angles, so they are
+    compared with an ABSOLUTE tolerance ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4
+    in float32): a direction that lies in a task's own subspace up to the
+    rounding of two different SVDs must not become a noise-determined protect
+    direction. Above that floor, :func:`pactframe.linalg.orth` keeps the
+    numerical range. Returns ``(d, r)``; ``(d, 0)`` when nothing is left.
+    """
+    d, c = matrix.shape
+    if c == 0:
+        return matrix.new_zeros((d, 0))
+    eps = torch.finfo(matrix.dtype).eps
+    floor = math.sqrt(eps)
+    gram = matrix.transpose(0, 1) @ matrix
+    sigma_max = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+    if sigma_max <= floor:
+        return matrix.new_zeros((d, 0))
+    return orth(matrix, rtol=max(floor / sigma_max, max(d, c) * eps))
+
+
 def relied_subspace(
     core: torch.Tensor, task: torch.Tensor, *, basis: str = "svd"
 ) -> torch.Tensor:
@@ -103,28 +126,25 @@ def relied_subspace(
 
     computed as ``V_0K - V_tk (V_tk^T V_0K)`` (never a ``d x d`` matrix).
     ``core`` is ``V_0K`` ``(d, K)``, ``task`` is ``V_tk`` ``(d, k)``, both orthonormal.
-    With ``basis="svd"`` (default) an all-rounding-noise residual (Frobenius norm
-    below ``sqrt(K) max(d, K) eps``; it has unit-scale columns) gives an empty
-    basis and :func:`pactframe.linalg.orth` keeps only the numerical range;
-    ``basis="qr"`` reproduces the released code (plain QR, empty below 1e-6).
+    ``basis="svd"`` (default) uses :func:`orth_unit_scale`; ``basis="qr"``
+    reproduces the released code (plain QR, empty when the residual's
+    Frobenius norm is below 1e-6).
     """
     d, K = core.shape
     if K == 0:
         return core.new_zeros((d, 0))
     residual = core - task @ (task.transpose(0, 1) @ core)
-    norm = float(torch.linalg.vector_norm(residual))
     if basis == "qr":
-        if norm < _REFERENCE_EMPTY_RESIDUAL:
+        if float(torch.linalg.vector_norm(residual)) < _REFERENCE_EMPTY_RESIDUAL:
             return core.new_zeros((d, 0))
         return torch.linalg.qr(residual).Q
-    if norm <= math.sqrt(K) * max(d, K) * torch.finfo(residual.dtype).eps:
-        return core.new_zeros((d, 0))
-    return orth(residual)
+    return orth_unit_scale(residual)
 
 
 def protect_bases(relied: Sequence[torch.Tensor], *, basis: str = "svd") -> list[torch.Tensor]:
     """``Q_j = orth(concat_{i != j} V_rel_i)`` for every task ``j``, each ``(d, p_j)``
-    with ``p_j <= min(d, sum_{i != j} r_i)``; an empty union gives ``(d, 0)``."""
+    with ``p_j <= min(d, sum_{i != j} r_i)``; an empty union gives ``(d, 0)``.
+    ``basis`` as in :func:`relied_subspace` (``"qr"`` keeps every column)."""
     out = []
     for j in range(len(relied)):
         others = [r for i, r in enumerate(relied) if i != j and r.shape[1] > 0]
@@ -132,7 +152,7 @@ def protect_bases(relied: Sequence[torch.Tensor], *, basis: str = "svd") -> list
             out.append(relied[j].new_zeros((relied[j].shape[0], 0)))
             continue
         union = torch.cat(others, dim=1)
-        out.append(torch.linalg.qr(union).Q if basis == "qr" else orth(union))
+        out.append(torch.linalg.qr(union).Q if basis == "qr" else orth_unit_scale(union))
     return out
 
 

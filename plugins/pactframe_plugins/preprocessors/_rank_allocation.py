@@ -21,9 +21,10 @@ optimal for eq. 9.
 Per model (Algorithm 1, line 15): ``rho_i = sum_l r_i^l / sum_l R^l`` over the
 layers model ``i`` takes part in.
 
-Exact arithmetic: ``rho`` is read as the decimal it prints as
-(``Fraction(repr(rho))``, so ``0.9`` is 9/10), the budget ``rho K R`` and the
-floor ``gamma R`` are computed as fractions. Ties between models are broken
+Exact arithmetic: a float ``rho`` is read as the nearest fraction with a
+denominator up to 10^6 (so ``0.9`` is 9/10 and ``2/3`` is 2/3, not a binary
+approximation just below), and the budget ``floor(rho K R)`` and the floor
+``gamma R`` are computed as fractions. Ties between models are broken
 by the lower model index.
 """
 
@@ -58,7 +59,7 @@ def _fraction(rho: float) -> Fraction:
             f"Spectral rank allocation: the preserved ratio rho must be a number in (0, 1]; "
             f"got {rho!r}."
         )
-    return rho if isinstance(rho, Fraction) else Fraction(repr(float(rho)))
+    return rho if isinstance(rho, Fraction) else Fraction(float(rho)).limit_denominator(10**6)
 
 
 def stopping_ratio(rho: float) -> float:

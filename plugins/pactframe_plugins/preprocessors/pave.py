@@ -29,6 +29,7 @@ from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import one_of, real, regex
 from pactframe_plugins.decomposers.co_svd import ContextOrientedSVD
+from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
 from pactframe_plugins.preprocessors._rank_allocation import (
     RankAllocation,
     allocate_layer,
@@ -37,7 +38,6 @@ from pactframe_plugins.preprocessors._rank_allocation import (
     spectral_rank_allocation,
     stopping_ratio,
 )
-from pactframe_plugins.preprocessors.pact import input_side_view
 
 __all__ = ["PAVEPurifier", "RankAllocation", "spectral_rank_allocation"]
 
@@ -144,7 +144,7 @@ class PAVEPurifier(Preprocessor):
         """Full factorization of ``W_ft`` (as ``(d_out, d_in)``) for each task with a covariance."""
         out: dict[int, Factorization] = {}
         for t in range(bundle.num_tasks):
-            w = as_working(input_side_view(bundle.finetuned(t), bundle.input_axis))
+            w = as_working(linear_layout(bundle.finetuned(t), bundle.input_axis))
             cov = self._covariance(bundle, t, int(w.shape[1]))
             if cov is None:
                 continue
@@ -183,7 +183,7 @@ class PAVEPurifier(Preprocessor):
         facts = self._factorizations(bundle)
         full = facts[next(iter(facts))].rank
         ranks, info, summary = self._ranks(bundle, facts, state)
-        base = as_working(input_side_view(bundle.base, axis))
+        base = as_working(linear_layout(bundle.base, axis))
         out: list[torch.Tensor] = []
         per_task: dict[str, Any] = {}
         for t, (task, tv) in enumerate(zip(bundle.task_names, bundle.task_vectors)):
@@ -193,7 +193,7 @@ class PAVEPurifier(Preprocessor):
                 continue
             f, r = facts[t], ranks[task]
             purified = f.reconstruct(r).to(base.dtype) - base
-            out.append(input_side_view(purified, axis).to(tv.dtype))
+            out.append(from_linear_layout(purified, axis).to(tv.dtype))
             energy = f.S.to(torch.float64).square()
             total = float(energy.sum())
             per_task[task] = {

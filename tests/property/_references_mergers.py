@@ -59,3 +59,51 @@ def ref_iso_cts(deltas: list[np.ndarray], fraction: float, alpha: float = 1.0) -
     S_all[T * s_dims : T * s_dims + c] = sc
     V_all[T * s_dims : T * s_dims + c] = vc
     return alpha * S_all.mean() * (np_polar(U_all) @ np_polar(V_all))
+
+
+def ref_keep_count(fraction: float, total: int) -> int:
+    """ceil(fraction * total) on the decimal value (e.g. 0.7 of 10 is 7)."""
+    from decimal import ROUND_CEILING, Decimal
+
+    return int((Decimal(repr(fraction)) * total).to_integral_value(rounding=ROUND_CEILING))
+
+
+def ref_ties(
+    deltas: list[np.ndarray],
+    keep_fraction: float,
+    disjoint: str = "mean",
+    scaling: float = 1.0,
+    thresholds: list[float] | None = None,
+) -> np.ndarray:
+    """TIES on one tensor: trim (top ceil(kD) magnitudes, or |x| >= thresholds[t]),
+    elect sign(sum) with zero sums set to sign(sum of elected signs), disjoint merge."""
+    M = np.stack([np.asarray(d, dtype=np.float64).ravel() for d in deltas])
+    T, D = M.shape
+    trimmed = np.zeros_like(M)
+    for t in range(T):
+        if thresholds is None:
+            n_keep = ref_keep_count(keep_fraction, D)
+            kth = np.sort(np.abs(M[t]))[::-1][n_keep - 1]
+        else:
+            kth = thresholds[t]
+        trimmed[t] = np.where(np.abs(M[t]) >= kth, M[t], 0.0)
+    elected = np.sign(trimmed.sum(axis=0))
+    elected[elected == 0] = np.sign(elected.sum())
+    agree = (np.sign(trimmed) == elected) & (trimmed != 0)
+    selected = np.where(agree, trimmed, 0.0)
+    merged = selected.sum(axis=0)
+    if disjoint == "mean":
+        merged = merged / np.maximum(agree.sum(axis=0), 1)
+    return scaling * merged.reshape(np.shape(deltas[0]))
+
+
+def ref_global_thresholds(tensors: list[list[np.ndarray]], keep_fraction: float) -> list[float]:
+    """Exact per-task kth-largest magnitude over all tensors (``tensors[i][t]``:
+    task t's vector of tensor i)."""
+    T = len(tensors[0])
+    out = []
+    for t in range(T):
+        mags = np.concatenate([np.abs(np.ravel(tensor[t])) for tensor in tensors])
+        n_keep = ref_keep_count(keep_fraction, mags.size)
+        out.append(float(np.sort(mags)[::-1][n_keep - 1]))
+    return out

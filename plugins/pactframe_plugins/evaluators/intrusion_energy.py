@@ -21,10 +21,10 @@ from pactframe.linalg import as_working
 from pactframe.seeding import generator
 from pactframe.validation import integer
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
+from pactframe_plugins.mergers._common import linear_layout
 from pactframe_plugins.preprocessors.pact import (
     check_orthonormal_decomposer,
     core_basis,
-    input_side_view,
 )
 
 
@@ -85,14 +85,14 @@ class IntrusionEnergy(Evaluator):
         if not bool(torch.any(original.base != 0)):
             return {"skipped": "the base weight is all zeros: there is no pre-trained core"}
         axis = original.input_axis
-        base = as_working(input_side_view(original.base, axis))
+        base = as_working(linear_layout(original.base, axis))
         K = min(self.core_rank, min(base.shape))
         f = self.decomposer.decompose(base, K, generator=generator(original.seed, self.name))
         core = core_basis(f, "right")
 
         def energies(bundle: LayerBundle) -> dict[str, float | None]:
             return {
-                name: intrusion_energy(as_working(input_side_view(tv, axis)).to(core.dtype), core)
+                name: intrusion_energy(as_working(linear_layout(tv, axis)).to(core.dtype), core)
                 for name, tv in zip(bundle.task_names, bundle.task_vectors)
             }
 

@@ -34,6 +34,7 @@ from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import integer, one_of, regex
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
+from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
 
 #: Names PACT leaves alone by default (searched anywhere in the tensor name):
 #: token / position embeddings, classification and LM heads, every norm
@@ -46,11 +47,6 @@ _REFERENCE_EMPTY_RESIDUAL = 1e-6
 
 
 # ----------------------------------------------------------------- subspace helpers
-def input_side_view(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:
-    """``matrix`` as ``(d_out, d_in)`` (a transposed view for ``input_axis == 0``)."""
-    return matrix if input_axis == 1 else matrix.transpose(0, 1)
-
-
 def check_base(bundle: LayerBundle) -> None:
     """The base must be a real pre-trained weight: finite and not all zeros.
 
@@ -286,8 +282,8 @@ class PACTAligner(Preprocessor):
             return bundle.with_record(Record(self.name, skipped))
         check_base(bundle)
         axis = bundle.input_axis
-        base = as_working(input_side_view(bundle.base, axis))
-        deltas = [as_working(input_side_view(tv, axis)) for tv in bundle.task_vectors]
+        base = as_working(linear_layout(bundle.base, axis))
+        deltas = [as_working(linear_layout(tv, axis)) for tv in bundle.task_vectors]
         full = min(base.shape)
         K, k = min(self.core_rank, full), min(self.task_rank, full)
 
@@ -322,7 +318,8 @@ class PACTAligner(Preprocessor):
             n: _removed_fraction(before, after) for n, before, after in zip(names, deltas, filtered)
         }
         out = [
-            input_side_view(f, axis).to(tv.dtype) for f, tv in zip(filtered, bundle.task_vectors)
+            from_linear_layout(f, axis).to(tv.dtype)
+            for f, tv in zip(filtered, bundle.task_vectors)
         ]
         return bundle.with_task_vectors(out, record=Record(self.name, data))
 

@@ -230,12 +230,24 @@ def parse_config(
     check_files: bool = True,
 ) -> MergeSpec:
     """Parse a config mapping; raise :class:`ConfigProblems` listing every problem."""
-    spec, problems = analyse_config(
+    found = analyse_config(
         data, registry=registry, base_dir=base_dir, source=source, check_files=check_files
     )
-    if problems or spec is None:
-        raise ConfigProblems(problems, str(source) if source else "the config")
-    return spec
+    if found.problems or found.spec is None:
+        raise ConfigProblems(found.problems, str(source) if source else "the config")
+    return found.spec
+
+
+@attrs.frozen
+class ConfigAnalysis:
+    """What :func:`analyse_config` found: the spec (``None`` if any problem), every
+    problem, and the paths it could parse (so files can be checked even when other
+    parts of the config are wrong)."""
+
+    spec: MergeSpec | None
+    problems: tuple[str, ...]
+    base: Path | None
+    models: tuple[ModelSpec, ...]
 
 
 def analyse_config(
@@ -245,24 +257,34 @@ def analyse_config(
     base_dir: str | os.PathLike[str] | None = None,
     source: Path | None = None,
     check_files: bool = True,
-) -> tuple[MergeSpec | None, list[str]]:
-    """``(spec or None, problems)``: the non-raising parser ``validate`` uses."""
-    return _Parser(
+) -> ConfigAnalysis:
+    """The non-raising parser ``validate`` uses: every problem, never an exception."""
+    parser = _Parser(
         registry, Path(base_dir) if base_dir is not None else Path.cwd(), check_files
-    ).parse(data, source)
+    )
+    spec = parser.parse(data, source)
+    return ConfigAnalysis(spec, tuple(parser.problems), parser.base, parser.model_specs)
 
 
 class _Parser:
     def __init__(self, registry: Registry | None, base_dir: Path, check_files: bool) -> None:
         self._registry = registry
+        self._registry_failed = False
         self.base_dir = base_dir
         self.check_files = check_files
         self.problems: list[str] = []
+        self.base: Path | None = None
+        self.model_specs: tuple[ModelSpec, ...] = ()
 
     @property
-    def registry(self) -> Registry:
-        if self._registry is None:
-            self._registry = build_registry()
+    def registry(self) -> Registry | None:
+        """The registry, built once; ``None`` (with one problem) if the plugins fail to load."""
+        if self._registry is None and not self._registry_failed:
+            try:
+                self._registry = build_registry()
+            except PactframeError as exc:
+                self._registry_failed = True
+                self.problem(f"plugins: {exc}")
         return self._registry
 
     def problem(self, text: str) -> None:
@@ -297,8 +319,11 @@ class _Parser:
         return p
 
     def component(self, where: str, kind: str, spec: Any) -> Component | None:
+        registry = self.registry
+        if registry is None:
+            return None
         try:
-            return self.registry.build(kind, spec)
+            return registry.build(kind, spec)
         except PactframeError as exc:
             self.problem(f"{where}: {exc}")
             return None
@@ -317,20 +342,20 @@ class _Parser:
         return tuple(built)  # type: ignore[arg-type]
 
     # sections -----------------------------------------------------------
-    def parse(self, data: Any, source: Path | None) -> tuple[MergeSpec | None, list[str]]:
+    def parse(self, data: Any, source: Path | None) -> MergeSpec | None:
         if not isinstance(data, Mapping):
             self.problem(
                 f"the config must be a mapping with keys like base, models, merger; got "
                 f"{type(data).__name__}."
             )
-            return None, self.problems
+            return None
         self.check_keys("config", data, TOP_KEYS)
         base = None
         if "base" not in data:
             self.problem("config: 'base' (the pre-trained model's path) is required.")
         else:
-            base = self.path("base", data["base"])
-        models = self.models(data.get("models"))
+            base = self.base = self.path("base", data["base"])
+        models = self.model_specs = self.models(data.get("models"))
         merger = None
         if "merger" not in data:
             self.problem("config: 'merger' is required, e.g. merger: {name: task_arithmetic}.")
@@ -361,8 +386,8 @@ class _Parser:
             )
         output = self.output(data.get("output"))
         if self.problems:
-            return None, self.problems
-        spec = MergeSpec(
+            return None
+        return MergeSpec(
             base=base,
             models=models,
             recipe=recipe,
@@ -376,7 +401,6 @@ class _Parser:
             prefetch=prefetch,
             source=source,  # type: ignore[arg-type]
         )
-        return spec, self.problems
 
     def models(self, value: Any) -> tuple[ModelSpec, ...]:
         if not isinstance(value, list) or not value:

@@ -66,6 +66,8 @@ class TensorResult:
     tensor: torch.Tensor
     merged: MergedTensor | None  # on the device; None for copies
     report: dict[str, Any]
+    original: LayerBundle | None = None  # as read (device, compute dtype); None for copies
+    processed: LayerBundle | None = None  # after the preprocessors
 
 
 class MergePipeline:
@@ -290,7 +292,7 @@ class MergePipeline:
         if merged.is_task_conditioned:
             entry["task_conditioned"] = True
         entry["seconds"] = round(time.perf_counter() - start, 6)
-        return TensorResult(t, out, merged, entry)
+        return TensorResult(t, out, merged, entry, bundle, processed)
 
     # sinks ----------------------------------------------------------------
     def run(

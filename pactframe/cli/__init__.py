@@ -15,6 +15,12 @@ from collections.abc import Sequence
 from pactframe.errors import PactframeError
 
 COMMANDS: dict[str, str] = {
+    "collect-covariance": "pactframe.cli.collect_cmd",
+    "merge": "pactframe.cli.merge_cmd",
+    "validate": "pactframe.cli.validate_cmd",
+    "diagnose": "pactframe.cli.diagnose_cmd",
+    "materialize": "pactframe.cli.materialize_cmd",
+    "example": "pactframe.cli.example_cmd",
     "plugins": "pactframe.cli.plugins_cmd",
 }
 

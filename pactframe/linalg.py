@@ -39,10 +39,23 @@ def orth(matrix: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
 
 
 def projector_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Spectral norm of ``P_a - P_b`` for orthonormal bases ``a``, ``b`` (columns)."""
-    pa = a @ a.transpose(0, 1)
-    pb = b @ b.transpose(0, 1)
-    return float(torch.linalg.matrix_norm(pa - pb, ord=2))
+    """Spectral norm of ``P_a - P_b`` for orthonormal bases ``a`` ``(n, k_a)``, ``b`` ``(n, k_b)``.
+
+    Uses the identity ``||P_a - P_b||_2 = max(||(I - P_a) b||_2, ||(I - P_b) a||_2)``
+    for orthogonal projectors, so it costs ``O(n k^2)`` and never forms an
+    ``(n, n)`` matrix; for equal dimensions it is the sine of the largest
+    principal angle, accurate also for tiny angles. Subspaces of different
+    dimensions are at distance 1.
+    """
+    a, b = as_working(a), as_working(b)
+
+    def residual_norm(basis: torch.Tensor, other: torch.Tensor) -> float:
+        if other.shape[1] == 0:
+            return 0.0
+        residual = other - basis @ (basis.transpose(0, 1) @ other)
+        return float(torch.linalg.matrix_norm(residual, ord=2))
+
+    return max(residual_norm(a, b), residual_norm(b, a))
 
 
 def damped_covariance(
@@ -57,7 +70,15 @@ def damped_covariance(
 
     CorDA (Yang et al., NeurIPS 2024, ``cordalib/decomposition.py``) and PAVE
     (``ViT/src/task_vectors.py``) both add a ridge and double it until
-    ``||C_reg C_reg^-1 - I||_F < tolerance``:
+    ``||C_reg C_reg^-1 - I||_F < tolerance``. We accept an ``eps`` only when, in
+    addition, ``C_reg`` is positive definite (its Cholesky factorization
+    succeeds), the residual is below ``tolerance`` on both sides
+    (``C_reg C_reg^-1`` and ``C_reg^-1 C_reg``), and the residual is meaningful:
+    its rounding floor ``n u ||C_reg||_1 ||C_reg^-1||_1`` (``u`` the float64 unit
+    roundoff) is below ``tolerance`` too. Without these a numerically singular
+    ``C_reg`` (a ridge below float64 resolution, e.g. ``damping=1e-20``) can pass
+    the one-sided test by chance and come back indefinite with a meaningless
+    inverse. For ordinary covariances and damping they change nothing.
 
     - ``mode="relative"`` (CorDA, our default): ``C_reg = C + eps * mean(diag C) * I``;
     - ``mode="absolute"`` (PAVE's code, start ``eps = 0.1``): ``C_reg = C + eps * I``.
@@ -92,15 +113,31 @@ def damped_covariance(
     eps = float(damping)
     for _ in range(max_doublings):
         c_reg = c + (eps * scale) * eye
-        try:
-            inv = torch.linalg.inv(c_reg)
-        except RuntimeError:  # singular to working precision
-            eps *= 2.0
-            continue
-        if float(torch.linalg.matrix_norm(c_reg @ inv - eye)) < tolerance:
-            return c_reg, inv, eps
+        _, not_pd = torch.linalg.cholesky_ex(c_reg)
+        if int(not_pd) == 0:
+            try:
+                inv = torch.linalg.inv(c_reg)
+            except RuntimeError:  # singular to working precision
+                inv = None
+            if inv is not None and _inverse_residual(c_reg, inv, eye) < tolerance:
+                return c_reg, inv, eps
         eps *= 2.0
     raise InputError(
         f"The covariance could not be regularised to an accurate inverse after {max_doublings} "
         f"doublings of the damping (last eps {eps:g}); it is likely corrupt."
     )
+
+
+def _inverse_residual(matrix: torch.Tensor, inverse: torch.Tensor, eye: torch.Tensor) -> float:
+    """``max(||A A^-1 - I||_F, ||A^-1 A - I||_F, n u ||A||_1 ||A^-1||_1)``: the
+    two-sided residual, or the level below which rounding makes it meaningless."""
+    right = float(torch.linalg.matrix_norm(matrix @ inverse - eye))
+    left = float(torch.linalg.matrix_norm(inverse @ matrix - eye))
+    unit_roundoff = torch.finfo(matrix.dtype).eps / 2
+    floor = (
+        matrix.shape[0]
+        * unit_roundoff
+        * float(torch.linalg.matrix_norm(matrix, ord=1))
+        * float(torch.linalg.matrix_norm(inverse, ord=1))
+    )
+    return max(right, left, floor)

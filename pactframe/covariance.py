@@ -220,12 +220,10 @@ class _Collector:
                 return
             call = _bind(mod, args, kwargs)
             call["need_weights"] = False
-            w = mod.out_proj.weight
-            identity = {
-                "out_proj.weight": torch.eye(w.shape[1], dtype=w.dtype, device=w.device),
-            }
-            if mod.out_proj.bias is not None:
-                identity["out_proj.bias"] = torch.zeros_like(mod.out_proj.bias)
+            w, b = module.out_proj.weight, module.out_proj.bias
+            identity = {"out_proj.weight": torch.eye(w.shape[1], dtype=w.dtype, device=w.device)}
+            if b is not None:
+                identity["out_proj.bias"] = torch.zeros_like(b)
             self._recomputing = True
             try:
                 context, _ = torch.func.functional_call(mod, identity, (), call)

@@ -189,3 +189,37 @@ def test_bad_rho_is_rejected(rho):
 def test_spectra_of_different_lengths_are_rejected():
     with pytest.raises(InputError, match="share the full rank"):
         allocate_layer([np.ones(3), np.ones(4)], 0.9)
+
+
+@settings(max_examples=25)
+@given(
+    st.lists(layer_spectra(max_models=1, max_rank=8), min_size=1, max_size=4),
+    st.integers(2, 4),
+    st.sampled_from(RHOS),
+    st.data(),
+)
+def test_mean_model_ratio_is_the_kept_fraction_and_close_to_rho(layers, K, rho, data):
+    """With every model in every layer: mean_i rho_i = sum_l sum_i r_i^l / (K sum_l R^l),
+    which is <= rho and within L/(K sum_l R^l) of it unless floors bind."""
+    spectra = {}
+    for l, (first,) in enumerate(layers):
+        R = len(first)
+        others = [
+            np.sort(data.draw(st.lists(st.floats(1e-4, 1.0), min_size=R, max_size=R, unique=True)))[
+                ::-1
+            ]
+            for _ in range(K - 1)
+        ]
+        spectra[f"l{l}"] = {f"t{i}": v for i, v in enumerate([first, *others])}
+    alloc = spectral_rank_allocation(spectra, float(rho))
+    total_R = sum(alloc.full_ranks.values())
+    kept = sum(sum(r.values()) for r in alloc.ranks.values())
+    mean_ratio = float(np.mean(list(alloc.ratios.values())))
+    assert mean_ratio == pytest.approx(kept / (K * total_R), rel=1e-12)
+    floors_bind = any(
+        all(r == min(R, rank_floor(R, float(rho))) for r in alloc.ranks[l].values())
+        and sum(alloc.ranks[l].values()) > rho * K * R
+        for l, R in alloc.full_ranks.items()
+    )
+    if not floors_bind:
+        assert float(rho) - len(layers) / (K * total_R) - 1e-12 <= mean_ratio <= float(rho) + 1e-12

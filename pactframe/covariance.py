@@ -41,7 +41,9 @@ Every weight a hook was put on but whose hook never fired (a module whose
 ``forward`` the model bypasses, e.g. a fused kernel) is listed in
 ``skipped`` with the reason, never dropped silently. Padding tokens are
 counted like any other token: give unpadded (or equal-length) batches if that
-matters for your model.
+matters for your model. Nested tensors (``nn.TransformerEncoder`` packs a
+padded batch into them in eval mode) hold only real tokens, and only those are
+counted.
 """
 
 from __future__ import annotations
@@ -112,12 +114,12 @@ class _Accumulator:
         return self.max_tokens is not None and self.count >= self.max_tokens
 
     def add(self, x: torch.Tensor, key: str) -> None:
-        if x.shape[-1] != self.d_in:
+        rows = _token_rows(x.detach())
+        if rows.shape[-1] != self.d_in:
             raise InputError(
                 f"Covariance collection: weight {key!r} expects inputs with last dimension "
-                f"{self.d_in}; the forward pass gave {tuple(x.shape)}."
+                f"{self.d_in}; the forward pass gave rows of width {rows.shape[-1]}."
             )
-        rows = x.detach().reshape(-1, self.d_in)
         if self.max_tokens is not None:
             rows = rows[: self.max_tokens - self.count]
         if rows.shape[0] == 0:
@@ -127,6 +129,15 @@ class _Accumulator:
             self.xtx = torch.zeros(self.d_in, self.d_in, dtype=torch.float64, device=rows.device)
         self.xtx.addmm_(rows.transpose(0, 1), rows)
         self.count += int(rows.shape[0])
+
+
+def _token_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as ``(tokens, features)``: leading dimensions flattened. Nested tensors
+    (``nn.TransformerEncoder`` packs padded batches into them in eval mode) hold
+    only the real tokens, which are concatenated; padding never enters."""
+    if x.is_nested:
+        return torch.cat([t.reshape(-1, t.shape[-1]) for t in x.unbind()])
+    return x.reshape(-1, x.shape[-1])
 
 
 def _bind(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -313,3 +313,38 @@ def test_conv1d_detection_needs_name_nf_and_weight_shape():
 def test_bad_input_raises_input_error(kwargs, batches, match):
     with pytest.raises(InputError, match=match):
         collect_covariances(WithUnusedLayer(), batches, **kwargs)
+
+
+def test_transformer_encoder_padding_packed_into_nested_tensors_counts_real_tokens_only():
+    """nn.TransformerEncoder in eval mode packs a padded batch into nested tensors: the
+    collector sees only the 13 real tokens, and layer 0's in/out projections match X^T X / N
+    of the real tokens and of a hand-written attention over each unpadded sequence."""
+    torch.manual_seed(6)
+    enc = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(E, HEADS, 16, batch_first=True, dropout=0.0), 2
+    ).double()
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 5, E))
+    lengths = [3, 5, 5]
+    mask = torch.tensor([[j >= n for j in range(5)] for n in lengths])
+    result = collect_covariances(enc, [(torch.from_numpy(x), None, mask)], dtype=torch.float64)
+    assert result.skipped == {}
+    assert set(result.num_samples.values()) == {13}
+    real = np.concatenate([x[i, :n] for i, n in enumerate(lengths)])
+    key = "layers.0.self_attn."
+    np.testing.assert_allclose(
+        _np(result.covariances[key + "in_proj_weight"]), _xtx(real), rtol=1e-10
+    )
+    attn = enc.layers[0].self_attn
+    w, b = _np(attn.in_proj_weight), _np(attn.in_proj_bias)
+    ctx = np.concatenate(
+        [
+            _attention_context(
+                s, s, s, w[:E], w[E : 2 * E], w[2 * E :], b[:E], b[E : 2 * E], b[2 * E :], HEADS
+            )[0]
+            for s in (x[i : i + 1, :n] for i, n in enumerate(lengths))
+        ]
+    )
+    np.testing.assert_allclose(
+        _np(result.covariances[key + "out_proj.weight"]), _xtx(ctx), rtol=1e-9
+    )

@@ -31,7 +31,10 @@ from typing import Any
 
 from pactframe.errors import ConfigError, InputError
 
-help = "collect the input covariances X^T X / N of a fine-tuned model's linear weights (PAVE)"
+help = (
+    "collect the input covariances X^T X / N of a fine-tuned model's linear weights for PAVE, "
+    "from its task's train or validation data (never the test split)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -109,7 +109,7 @@ PACTTaskArithmetic = pact_preset(
     TaskArithmetic,
     """PACT-TA: PACT, then Task Arithmetic ``delta = scaling * sum_t Delta_t'`` (SUM).
 
-    Shi et al., arXiv 2606.18627 (PACT), Table 1 "PACT-TA"; Ilharco et al., ICLR
+    Shi et al., arXiv 2606.18627 (PACT), ``pact_ta_merge``; Ilharco et al., ICLR
     2023. The PACT code's ``pact_ta_merge`` returns the MEAN ``alpha / T *
     sum_t Delta_t'`` (alpha grid 2.5..7.5); the same model here is
     ``scaling = alpha / T``. """

@@ -183,9 +183,12 @@ def check_orthonormal_decomposer(instance: Any, attribute: Any, value: Any) -> N
 class PACTAligner(Preprocessor):
     """PACT's Load-Bearing-Wall aligner: cross-task protection of task vectors.
 
-    Shi et al., arXiv 2606.18627 (PACT), Sec. 4 and the authors'
-    ``pact_utils.py``. For a 2-D weight ``W_0`` ``(d_out, d_in)`` and task
-    vectors ``Delta_t`` ``(d_out, d_in)``, ``t = 1..T`` (right = input side)::
+    Shi et al., arXiv 2606.18627 (PACT): the paper states the operator in words
+    (remove from the task vectors the components aligned with the LBW subspaces);
+    the equations are those of the authors' ``pact_utils.py``
+    (``compute_implicit_reliance_space``, ``orthogonal_core_filtering``). For a
+    2-D weight ``W_0`` ``(d_out, d_in)`` and task vectors ``Delta_t``
+    ``(d_out, d_in)``, ``t = 1..T`` (right = input side)::
 
         V_0K   = top-K right singular vectors of W_0                  (d_in, K)
         V_tk   = top-k right singular vectors of Delta_t              (d_in, k)

@@ -56,6 +56,7 @@ class _Inputs:
     base: torch.Tensor
     finetuned: list[torch.Tensor]  # consumed (emptied) by _bundle to free memory early
     covariances: tuple[torch.Tensor | None, ...] | None
+    owned: bool = False  # True when the tensors are fresh buffers nobody else holds
 
 
 @attrs.frozen(eq=False)
@@ -143,14 +144,20 @@ class MergePipeline:
                 None if c is None or t.name not in c.entries() else c.load(t.name)
                 for c in src.covariances
             )
-        return _Inputs(base, fts, covs)
+        return _Inputs(base, fts, covs, owned=all(getattr(m, "fresh", False) for m in src.models))
 
     def _bundle(self, t: TensorPlan, inputs: _Inputs) -> LayerBundle:
         dev, dt = self.device, self.compute_dtype
         base = inputs.base.to(dev, dt)
         tvs = []
+        owned = inputs.owned
         while inputs.finetuned:  # drop each fine-tuned tensor once its task vector exists
-            tvs.append(inputs.finetuned.pop(0).to(dev, dt) - base)
+            ft = inputs.finetuned.pop(0)
+            work = ft.to(dev, dt)
+            if owned or work.data_ptr() != ft.data_ptr():
+                tvs.append(work.sub_(base))  # our own buffer: subtract in place
+            else:
+                tvs.append(work - base)  # a caller's tensor (in-memory API): never mutate it
         covs = None
         if inputs.covariances is not None:
             covs = [None if c is None else c.to(dev, dt) for c in inputs.covariances]

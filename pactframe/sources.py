@@ -42,6 +42,9 @@ class CovarianceSource(Protocol):
 class FileTensorSource:
     """A checkpoint on disk (see :class:`~pactframe.checkpoint.CheckpointReader`)."""
 
+    #: every load() returns a fresh buffer, which the pipeline may overwrite
+    fresh = True
+
     def __init__(self, path: Path, role: str) -> None:
         self.reader = CheckpointReader(path, role=role)
         self.label = str(path)
@@ -58,6 +61,9 @@ class FileTensorSource:
 
 class StateDictSource:
     """An in-memory state dict (or an ``nn.Module``'s), read without copying."""
+
+    #: load() returns the caller's own tensors: never modified
+    fresh = False
 
     def __init__(self, state: Mapping[str, torch.Tensor] | torch.nn.Module, label: str) -> None:
         if isinstance(state, torch.nn.Module):

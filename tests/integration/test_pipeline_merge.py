@@ -189,17 +189,18 @@ def test_two_pass_preprocessor_gets_whole_model_state(tmp_path):
 def test_merge_state_dicts_accepts_modules():
     torch.manual_seed(0)
     nets = [torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3)) for _ in range(3)]
+    snapshot = [{k: v.clone() for k, v in n.state_dict().items()} for n in nets]
     out = merge_state_dicts(
         nets[0],
         {"a": nets[1], "b": nets[2]},
         {
             "merger": {"name": "t_sum", "scaling": 0.5},
             "fallback": "t_mean",
-            "compute_dtype": "float64",
-        },
+        },  # float32 compute: the pipeline must not subtract in place into the caller's tensors
         registry=test_registry(),
     )
     sds = [n.state_dict() for n in nets]
+    assert all(torch.equal(sd[k], before[k]) for sd, before in zip(sds, snapshot) for k in sd)
     for key, b in sds[0].items():
         tvs = [sd[key].double() - b.double() for sd in sds[1:]]
         delta = 0.5 * sum(tvs) if b.ndim == 2 else sum(tvs) / 2

@@ -8,9 +8,9 @@ import attrs
 import torch
 
 from pactframe import Decomposer, Factorization, hookimpl, param
-from pactframe.errors import InputError
 from pactframe.linalg import damped_covariance, working_dtype
 from pactframe.validation import one_of, real
+from pactframe_plugins.decomposers._context_checks import covariance_for
 
 
 @attrs.frozen
@@ -38,15 +38,19 @@ class ContextOrientedSVD(Decomposer):
     requires_covariance: ClassVar[bool] = True
 
     damping: float = param(
-        0.01, validator=real(0.0, closed="neither"), help="initial ridge eps (doubled until C inverts)"
+        0.01,
+        validator=real(0.0, closed="neither"),
+        help="initial ridge eps (doubled until C inverts)",
     )
     damping_mode: str = param(
         "relative",
         validator=one_of(("relative", "absolute")),
-        help="'relative': eps*mean(diag C)*I (CorDA); 'absolute': eps*I (PAVE code, use damping=0.1)",
+        help="'relative': eps*mean(diag C)*I (CorDA); 'absolute': eps*I (PAVE code: damping=0.1)",
     )
     tolerance: float = param(
-        0.05, validator=real(0.0, closed="neither"), help="stop when ||C_reg C_reg^-1 - I||_F < this"
+        0.05,
+        validator=real(0.0, closed="neither"),
+        help="stop when ||C_reg C_reg^-1 - I||_F < this",
     )
 
     def decompose(
@@ -57,19 +61,9 @@ class ContextOrientedSVD(Decomposer):
         covariance: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Factorization:
-        if covariance is None:
-            raise InputError(
-                "co_svd needs an input covariance (d_in x d_in) for this matrix; collect one "
-                "with 'pactframe collect-covariance' or use exact_svd."
-            )
-        if covariance.shape != (matrix.shape[1], matrix.shape[1]):
-            raise InputError(
-                f"co_svd: the covariance has shape {tuple(covariance.shape)} but the matrix "
-                f"{tuple(matrix.shape)} needs ({matrix.shape[1]}, {matrix.shape[1]})."
-            )
+        cov = covariance_for(self.name, matrix, covariance)
         c_reg, inv, _ = damped_covariance(
-            covariance.to(matrix.device), damping=self.damping, mode=self.damping_mode,
-            tolerance=self.tolerance,
+            cov, damping=self.damping, mode=self.damping_mode, tolerance=self.tolerance
         )
         w = matrix.to(torch.float64)
         U, S, Vh = torch.linalg.svd(w @ c_reg, full_matrices=False)

@@ -41,9 +41,7 @@ class RandomizedSVD(Decomposer):
     power_iterations: int = param(
         2, validator=integer(0), help="subspace iterations q (each re-orthonormalised)"
     )
-    seed: int = param(
-        0, validator=integer(0), help="seed used when the caller passes no generator"
-    )
+    seed: int = param(0, validator=integer(0), help="seed used when the caller passes no generator")
 
     def decompose(
         self,

@@ -1,0 +1,95 @@
+"""The documentation checks of docs/check_docs.py (the tox ``docs`` env), one test
+each, plus tests that the checker itself catches what it should (datasette style:
+every page linked, every link alive, every component and every hook documented)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+CHECKER = Path(__file__).resolve().parents[2] / "docs" / "check_docs.py"
+
+
+@pytest.fixture(scope="module")
+def check_docs():
+    spec = importlib.util.spec_from_file_location("check_docs", CHECKER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_docs_page_is_linked_from_the_index(check_docs):
+    assert check_docs.unlinked_pages() == []
+
+
+def test_no_relative_link_is_broken(check_docs):
+    assert check_docs.broken_links() == []
+
+
+def test_every_registered_component_is_named_in_the_docs(check_docs):
+    assert check_docs.undocumented_components() == []
+
+
+def test_every_hook_is_named_in_the_docs(check_docs):
+    assert check_docs.undocumented_hooks() == []
+
+
+def test_the_core_pages_exist(check_docs):
+    names = {p.name for p in check_docs.pages()}
+    assert {"index.md", "concepts.md", "plugin-guide.md", "decomposers.md"} <= names
+
+
+# ------------------------------------------------------------------ the checker itself
+def test_links_are_found_outside_code_only(check_docs, tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(
+        'See [a](a.md), ![img](img/plot.png "title") and [ext](https://example.org).\n'
+        "[ref]: other.md#section\n"
+        "Inline `[not](code.md)` and\n```\n[neither](fenced.md)\n```\n",
+        encoding="utf-8",
+    )
+    assert sorted(check_docs.links(page)) == sorted(
+        ["a.md", "img/plot.png", "https://example.org", "other.md#section"]
+    )
+
+
+def test_broken_links_are_reported_and_anchors_ignored(check_docs, tmp_path, monkeypatch):
+    monkeypatch.setattr(check_docs, "ROOT", tmp_path)
+    (tmp_path / "here.md").write_text("x", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text(
+        "[ok](here.md#part) [gone](missing.md) [anchor](#top) [web](http://x.org/y.md)",
+        encoding="utf-8",
+    )
+    assert check_docs.broken_links([page]) == ["page.md: broken link to 'missing.md'"]
+
+
+def test_unlinked_pages_are_reported(check_docs, tmp_path, monkeypatch):
+    (tmp_path / "index.md").write_text("- [One](one.md)\n", encoding="utf-8")
+    (tmp_path / "one.md").write_text("one", encoding="utf-8")
+    (tmp_path / "two.md").write_text("two", encoding="utf-8")
+    monkeypatch.setattr(check_docs, "DOCS", tmp_path)
+    monkeypatch.setattr(check_docs, "ROOT", tmp_path)
+    monkeypatch.setattr(check_docs, "INDEX", tmp_path / "index.md")
+    assert check_docs.unlinked_pages() == ["two.md is not linked from docs/index.md"]
+
+
+def test_names_match_whole_words_only(check_docs):
+    assert check_docs._mentioned("ties", "we use `ties` here")
+    assert check_docs._mentioned("iso_c", "iso_c, then")
+    assert not check_docs._mentioned("iso_c", "only iso_cts here")
+    assert not check_docs._mentioned("pact", "pact_tsv_m and impact")
+
+
+def test_plugin_guide_example_is_the_fixture(check_docs):
+    """The worked example in docs/plugin-guide.md is the installed-and-tested fixture, verbatim."""
+    guide = (check_docs.DOCS / "plugin-guide.md").read_text(encoding="utf-8")
+    fixture = check_docs.ROOT / "tests" / "fixtures" / "thirdparty_plugin"
+    module = (fixture / "pactframe_example_median.py").read_text(encoding="utf-8")
+    assert f"```python\n{module}```" in guide
+    pyproject = (fixture / "pyproject.toml").read_text(encoding="utf-8")
+    build_onwards = pyproject[pyproject.index("[build-system]") :]
+    assert f"```toml\n{build_onwards}```" in guide

@@ -80,13 +80,18 @@ class Component(abc.ABC):
             if isinstance(default, Component):
                 default = default.name
             type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-            out.append(ParameterInfo(f.name, default, str(type_name or ""), f.metadata.get("help", "")))
+            out.append(
+                ParameterInfo(f.name, default, str(type_name or ""), f.metadata.get("help", ""))
+            )
         return out
 
     def to_config(self) -> dict[str, Any]:
         """``{"name": ..., **parameters}``, nested components as their own configs."""
         config: dict[str, Any] = {"name": self.name}
-        for f in attrs.fields(type(self)):
+        cls: Any = type(self)
+        if not attrs.has(cls):
+            return config
+        for f in attrs.fields(cls):
             if not f.init:
                 continue
             value = getattr(self, f.name)

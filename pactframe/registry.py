@@ -92,7 +92,9 @@ class Registry:
                 for obj in result:
                     _check_class(obj, kind, contract, plugin_name)
                     entries.append(
-                        RegistryEntry(kind, obj.name, obj, plugin_name, dists.get(id(impl.plugin), ""))
+                        RegistryEntry(
+                            kind, obj.name, obj, plugin_name, dists.get(id(impl.plugin), "")
+                        )
                     )
         return cls(entries)
 

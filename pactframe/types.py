@@ -22,6 +22,14 @@ def _tensor_tuple(value: Sequence[Tensor]) -> tuple[Tensor, ...]:
     return tuple(value)
 
 
+def _str_tuple(value: Sequence[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+def _record_tuple(value: Sequence[Record]) -> tuple[Record, ...]:
+    return tuple(value)
+
+
 def _optional_tuple(value: Sequence[Any] | None) -> tuple[Any, ...] | None:
     return None if value is None else tuple(value)
 
@@ -128,17 +136,19 @@ class LayerBundle:
     name: str
     base: Tensor
     task_vectors: tuple[Tensor, ...] = attrs.field(converter=_tensor_tuple)
-    task_names: tuple[str, ...] = attrs.field(converter=tuple)
+    task_names: tuple[str, ...] = attrs.field(converter=_str_tuple)
     covariances: tuple[Tensor | None, ...] | None = attrs.field(
         default=None, converter=_optional_tuple
     )
     seed: int = 0
-    records: tuple[Record, ...] = attrs.field(default=(), converter=tuple)
+    records: tuple[Record, ...] = attrs.field(default=(), converter=_record_tuple)
     input_axis: int = 1
 
     def __attrs_post_init__(self) -> None:
         if self.input_axis not in (0, 1):
-            raise InputError(f"Tensor {self.name!r}: input_axis must be 0 or 1; got {self.input_axis!r}.")
+            raise InputError(
+                f"Tensor {self.name!r}: input_axis must be 0 or 1; got {self.input_axis!r}."
+            )
         T = len(self.task_vectors)
         if T == 0:
             raise InputError(f"Tensor {self.name!r}: a LayerBundle needs at least one task vector.")
@@ -213,7 +223,7 @@ class MergedTensor:
     task_names: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_tuple)
     task_masks: tuple[Tensor, ...] | None = attrs.field(default=None, converter=_optional_tuple)
     task_scales: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_tuple)
-    records: tuple[Record, ...] = attrs.field(default=(), converter=tuple)
+    records: tuple[Record, ...] = attrs.field(default=(), converter=_record_tuple)
 
     def __attrs_post_init__(self) -> None:
         parts = (self.task_names, self.task_masks, self.task_scales)

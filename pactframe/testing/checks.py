@@ -39,10 +39,12 @@ def _instance(component: type[Component] | Component) -> Component:
         ) from exc
 
 
-def sample_bundles(seed: int = 0, num_tasks: int = 3, dtype: torch.dtype = torch.float64) -> list[LayerBundle]:
+def sample_bundles(
+    seed: int = 0, num_tasks: int = 3, dtype: torch.dtype = torch.float64
+) -> list[LayerBundle]:
     """A 10x8 weight and a length-8 bias for ``num_tasks`` tasks, with covariances."""
     rng = np.random.default_rng(seed)
-    names = [f"task{i}" for i in range(num_tasks)]
+    names = tuple(f"task{i}" for i in range(num_tasks))
 
     def t(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a).to(dtype)
@@ -118,7 +120,7 @@ def check_name(inst: Component) -> None:
 
 def check_parameters_listed(inst: Component) -> None:
     """``parameters()`` lists every init field, and ``to_config`` rebuilds an equal instance."""
-    cls = type(inst)
+    cls: Any = type(inst)
     listed = {p.name for p in cls.parameters()}
     fields = {f.name for f in attrs.fields(cls) if f.init and not f.name.startswith("_")}
     assert listed == fields, f"{cls.__name__}.parameters() lists {listed}, fields are {fields}."
@@ -160,19 +162,25 @@ COMMON_CHECKS: list[Callable[[Any], None]] = [
 
 
 # ---------------------------------------------------------------- decomposers
-def _decompose(inst: Decomposer, a: torch.Tensor, rank: int | None, cov: torch.Tensor | None) -> Factorization:
+def _decompose(
+    inst: Decomposer, a: torch.Tensor, rank: int | None, cov: torch.Tensor | None
+) -> Factorization:
     g = torch.Generator().manual_seed(7)
-    return inst.decompose(a, rank, covariance=cov if inst.requires_covariance else None, generator=g)
+    return inst.decompose(
+        a, rank, covariance=cov if inst.requires_covariance else None, generator=g
+    )
 
 
 def check_decomposer_output(inst: Decomposer) -> None:
-    """Shapes, descending non-negative S, truncation, no input mutation, full-rank reconstruction."""
+    """Shapes, descending non-negative S, truncation, untouched input, full-rank reconstruction."""
     bundle = sample_bundles()[0]
     a = bundle.finetuned(0)
     cov = bundle.covariance(0)
     a_copy = a.clone()
     f = _decompose(inst, a, None, cov)
-    assert isinstance(f, Factorization), f"{type(inst).__name__}.decompose must return a Factorization."
+    assert isinstance(f, Factorization), (
+        f"{type(inst).__name__}.decompose must return a Factorization."
+    )
     assert torch.equal(a, a_copy), "decompose() mutated its input."
     assert f.shape == tuple(a.shape), f"Factorization shape {f.shape} != input {tuple(a.shape)}."
     assert f.rank == min(a.shape), f"rank=None must keep min(m, n) components; got {f.rank}."
@@ -190,9 +198,17 @@ def check_decomposer_dtypes(inst: Decomposer) -> None:
     """float32 in gives float32 out; half precision is computed in float32."""
     bundle = sample_bundles()[0]
     cov = bundle.covariance(0)
-    for dtype, expected in ((torch.float32, torch.float32), (torch.float16, torch.float32), (torch.bfloat16, torch.float32)):
-        f = _decompose(inst, bundle.finetuned(0).to(dtype), 4, None if cov is None else cov.to(torch.float32))
-        assert f.S.dtype == expected, f"{dtype} input gave {f.S.dtype} factors; expected {expected}."
+    for dtype, expected in (
+        (torch.float32, torch.float32),
+        (torch.float16, torch.float32),
+        (torch.bfloat16, torch.float32),
+    ):
+        f = _decompose(
+            inst, bundle.finetuned(0).to(dtype), 4, None if cov is None else cov.to(torch.float32)
+        )
+        assert f.S.dtype == expected, (
+            f"{dtype} input gave {f.S.dtype} factors; expected {expected}."
+        )
 
 
 def check_decomposer_deterministic(inst: Decomposer) -> None:
@@ -262,7 +278,8 @@ def check_merger_output(inst: Merger) -> None:
             assert isinstance(out, MergedTensor), "merge() must return a MergedTensor."
             assert _same_bundle_tensors(bundle, before), "merge() mutated its input bundle."
             assert out.delta.shape == bundle.base.shape, (
-                f"{bundle.name}: merged delta {tuple(out.delta.shape)} != base {tuple(bundle.base.shape)}."
+                f"{bundle.name}: merged delta {tuple(out.delta.shape)} != "
+                f"base {tuple(bundle.base.shape)}."
             )
             assert bool(torch.isfinite(out.delta).all()), f"{bundle.name}: non-finite merge."
             again = inst.merge(bundle, state)
@@ -283,7 +300,9 @@ def check_merger_supports_matrix(inst: Merger) -> None:
 # ---------------------------------------------------------------- evaluators
 def check_evaluator(inst: Evaluator) -> None:
     """``level`` is 'tensor' or 'model'; tensor evaluators return JSON-serialisable data."""
-    assert inst.level in ("tensor", "model"), f"level must be 'tensor' or 'model'; got {inst.level!r}."
+    assert inst.level in ("tensor", "model"), (
+        f"level must be 'tensor' or 'model'; got {inst.level!r}."
+    )
     if inst.level != "tensor":
         return
     for bundle in sample_bundles():

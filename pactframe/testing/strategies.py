@@ -20,6 +20,10 @@ from pactframe.types import LayerBundle
 
 #: largest side used by default: keeps float64 SVDs of every example well under a millisecond
 MAX_SIDE = 24
+#: default strategies (module constants, so no call runs in a default argument)
+SIDES = st.integers(2, MAX_SIDE)
+TASK_COUNTS = st.integers(1, 5)
+TASK_SCALES = st.floats(0.05, 1.0)
 
 
 @attrs.frozen(eq=False)
@@ -44,7 +48,9 @@ def spectra(draw: st.DrawFn, size: int, *, min_rel_gap: float = 1e-2) -> np.ndar
     """``size`` strictly decreasing positive values with consecutive gaps of at
     least ``min_rel_gap * max`` (entries in roughly [0.5, 3 size + 3])."""
     smallest = draw(st.floats(0.5, 3.0))
-    increments = draw(st.lists(st.floats(1.0, 3.0), min_size=max(size - 1, 0), max_size=max(size - 1, 0)))
+    increments = draw(
+        st.lists(st.floats(1.0, 3.0), min_size=max(size - 1, 0), max_size=max(size - 1, 0))
+    )
     values = smallest + np.concatenate([[0.0], np.cumsum(increments)])[::-1]
     values = values[:size]
     if size > 1:
@@ -59,8 +65,8 @@ def spectra(draw: st.DrawFn, size: int, *, min_rel_gap: float = 1e-2) -> np.ndar
 def matrices(
     draw: st.DrawFn,
     *,
-    rows: st.SearchStrategy[int] = st.integers(2, MAX_SIDE),
-    cols: st.SearchStrategy[int] = st.integers(2, MAX_SIDE),
+    rows: st.SearchStrategy[int] = SIDES,
+    cols: st.SearchStrategy[int] = SIDES,
     rank: int | None = None,
     min_rel_gap: float = 1e-2,
     dtype: torch.dtype = torch.float64,
@@ -89,11 +95,11 @@ def spd_matrix(rng: np.random.Generator, n: int, *, condition: float = 100.0) ->
 def layer_bundles(
     draw: st.DrawFn,
     *,
-    num_tasks: st.SearchStrategy[int] = st.integers(1, 5),
-    rows: st.SearchStrategy[int] = st.integers(2, MAX_SIDE),
-    cols: st.SearchStrategy[int] = st.integers(2, MAX_SIDE),
+    num_tasks: st.SearchStrategy[int] = TASK_COUNTS,
+    rows: st.SearchStrategy[int] = SIDES,
+    cols: st.SearchStrategy[int] = SIDES,
     with_covariance: bool = False,
-    task_scale: st.SearchStrategy[float] = st.floats(0.05, 1.0),
+    task_scale: st.SearchStrategy[float] = TASK_SCALES,
     dtype: torch.dtype = torch.float64,
     name: str = "layer.weight",
 ) -> LayerBundle:

@@ -290,12 +290,18 @@ class PACTAligner(Preprocessor):
         full = min(base.shape)
         K, k = min(self.core_rank, full), min(self.task_rank, full)
 
-        core = self.decomposer.decompose(base, K, generator=generator(bundle.seed, self.name, 0))
-        tasks = [
-            self.decomposer.decompose(d, k, generator=generator(bundle.seed, self.name, t + 1))
-            for t, d in enumerate(deltas)
-        ]
         sides = ("right", "left") if self.side == "both" else (self.side,)
+
+        def bases(matrix: torch.Tensor, rank: int, index: int) -> dict[str, torch.Tensor]:
+            # copies of the leading singular vectors only: the full factors of an
+            # exact SVD are freed at once (peak memory ~ one SVD, not T + 1)
+            f = self.decomposer.decompose(
+                matrix, rank, generator=generator(bundle.seed, self.name, index)
+            )
+            return {side: leading_basis(f, side).clone() for side in sides}
+
+        core = bases(base, K, 0)
+        tasks = [bases(d, k, t + 1) for t, d in enumerate(deltas)]
         names = bundle.task_names
         data: dict[str, Any] = {
             "action": "filtered",
@@ -306,10 +312,8 @@ class PACTAligner(Preprocessor):
         }
         filtered = deltas
         for side in sides:
-            v0 = core_basis(core, side)
-            relied = [
-                relied_subspace(v0, leading_basis(f, side), basis=self.orth_method) for f in tasks
-            ]
+            v0 = core[side]
+            relied = [relied_subspace(v0, f[side], basis=self.orth_method) for f in tasks]
             protect = protect_bases(relied, basis=self.orth_method)
             filtered = [_REMOVERS[side](d, q) for d, q in zip(filtered, protect)]
             data[side] = {

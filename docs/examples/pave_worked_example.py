@@ -1,6 +1,6 @@
 """Numbers quoted in docs/pave.md. Run: python docs/examples/pave_worked_example.py
 
-Deterministic (fixed seeds, float64); takes about a second on a CPU.
+Deterministic (fixed seeds, float64); a few seconds on a CPU.
 """
 
 from __future__ import annotations

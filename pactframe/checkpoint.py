@@ -243,7 +243,7 @@ class CheckpointReader:
         try:
             with open(info.file, "rb") as f:
                 f.seek(info.start)
-                got = f.readinto(memoryview(view))
+                got = f.readinto(view.data)
         except OSError as exc:
             raise CheckpointError(
                 f"Cannot read tensor {key!r} from {str(info.file)!r}: {exc}."
@@ -399,7 +399,7 @@ class CheckpointWriter:
 
     def _open_shards(self) -> None:
         for index, (name, shard) in enumerate(zip(self.shard_names, self._shards)):
-            entries = {}
+            entries: dict[str, dict[str, Any]] = {}
             offset = 0
             for key, shape, dtype in shard:
                 n = dtype_size(dtype)
@@ -439,7 +439,7 @@ class CheckpointWriter:
         f = self._handles[slot.file]
         f.seek(slot.offset)
         if tensor.numel():
-            f.write(memoryview(tensor.contiguous().view(-1).view(torch.uint8).numpy()))
+            f.write(tensor.contiguous().view(-1).view(torch.uint8).numpy().data)
         self._written.add(key)
 
     def add_file(self, name: str, data: str | bytes) -> Path:

@@ -259,9 +259,7 @@ def analyse_config(
     check_files: bool = True,
 ) -> ConfigAnalysis:
     """The non-raising parser ``validate`` uses: every problem, never an exception."""
-    parser = _Parser(
-        registry, Path(base_dir) if base_dir is not None else Path.cwd(), check_files
-    )
+    parser = _Parser(registry, Path(base_dir) if base_dir is not None else Path.cwd(), check_files)
     spec = parser.parse(data, source)
     return ConfigAnalysis(spec, tuple(parser.problems), parser.base, parser.model_specs)
 
@@ -387,6 +385,7 @@ class _Parser:
         output = self.output(data.get("output"))
         if self.problems:
             return None
+        assert base is not None and recipe is not None  # else a problem was recorded
         return MergeSpec(
             base=base,
             models=models,
@@ -457,7 +456,9 @@ class _Parser:
             self.check_keys(where, entry, RULE_KEYS)
             match = entry.get("match")
             try:
-                re.compile(match)  # type: ignore[arg-type]
+                if not isinstance(match, str):
+                    raise TypeError("not a string")
+                re.compile(match)
             except (re.error, TypeError) as exc:
                 self.problem(
                     f"{where}: 'match' must be a regular expression; got {match!r} ({exc})."
@@ -486,7 +487,8 @@ class _Parser:
                 else (default.preprocessors if default else None)
             )
             if merger is not None and pre is not None:
-                out.append(RuleSpec(match, RecipeSpec(f"rule {match!r}", pre, merger)))
+                recipe = RecipeSpec(f"rule {match!r}", pre, merger)  # type: ignore[arg-type]
+                out.append(RuleSpec(match, recipe))
         return tuple(out)
 
     def evaluators(self, value: Any) -> tuple[Evaluator, ...]:

@@ -48,7 +48,8 @@ def diagnose(
     registry = registry or build_registry()
     if INTRUSION not in {e.name for e in spec.evaluators} and ("evaluator", INTRUSION) in registry:
         spec = attrs.evolve(
-            spec, evaluators=(*spec.evaluators, registry.create("evaluator", INTRUSION))
+            spec,
+            evaluators=(*spec.evaluators, registry.create("evaluator", INTRUSION)),  # type: ignore[arg-type]
         )
     pipeline = MergePipeline(spec, device=device)
     plan = pipeline.plan()
@@ -105,6 +106,11 @@ def diagnose(
     return written, note
 
 
+def _num(value: object) -> float:
+    """A CSV cell as a float for plotting (``None`` -> NaN)."""
+    return float("nan") if value is None else float(value)  # type: ignore[arg-type]
+
+
 def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> Path:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
@@ -125,8 +131,8 @@ def _plot(
         for task in tasks:
             rows = [r for r in ie_rows if r[2] == task]
             xs = [tensors.index(r[0]) for r in rows]
-            ax.plot(xs, [r[3] for r in rows], "o-", label=f"{task} before", alpha=0.7)
-            ax.plot(xs, [r[4] for r in rows], "x--", label=f"{task} after", alpha=0.7)
+            ax.plot(xs, [_num(r[3]) for r in rows], "o-", label=f"{task} before", alpha=0.7)
+            ax.plot(xs, [_num(r[4]) for r in rows], "x--", label=f"{task} after", alpha=0.7)
         ax.set_xlabel("tensor (plan order)")
         ax.set_ylabel("intrusion energy")
         ax.set_ylim(0, 1)

@@ -26,6 +26,7 @@ import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ class ModulatorWriter:
         self.folder = Path(folder)
         self.task_names = tuple(task_names)
         self._raw_path = self.folder / (MODULATOR_FILE + ".part")
-        self._raw = None
+        self._raw: BinaryIO | None = None
         self._entries: dict[str, dict] = {}
         self._shapes: dict[str, list[int]] = {}
         self._offset = 0
@@ -84,6 +85,7 @@ class ModulatorWriter:
             )
         if self._raw is None:
             self._raw = open(self._raw_path, "wb")
+        raw = self._raw
         packed = np.stack([pack_mask(m) for m in masks])
         scale = np.asarray([float(s) for s in scales], dtype="<f4")
         for suffix, arr, code in (("::mask", packed, "U8"), ("::scale", scale, "F32")):
@@ -93,7 +95,7 @@ class ModulatorWriter:
                 "shape": list(arr.shape),
                 "data_offsets": [self._offset, self._offset + len(data)],
             }
-            self._raw.write(data)
+            raw.write(data)
             self._offset += len(data)
         self._shapes[key] = [int(s) for s in shape]
 

@@ -200,7 +200,7 @@ class MergePipeline:
         position ``len(preprocessors)`` is the merger."""
         states: dict[tuple[int, int], Any] = {}
         for r_index, recipe in enumerate(self.spec.recipes()):
-            components = [*recipe.preprocessors, recipe.merger]
+            components: list[Any] = [*recipe.preprocessors, recipe.merger]
             for pos, comp in enumerate(components):
                 if not needs_prepass(comp):
                     continue
@@ -322,7 +322,7 @@ class MergePipeline:
             if isinstance(progress, Progress)
             else Progress(len(plan.tensors), plan.read_bytes, enabled=bool(progress))
         )
-        entries = []
+        entries: list[dict[str, Any]] = []
         with CheckpointWriter(
             out,
             layout,
@@ -336,13 +336,14 @@ class MergePipeline:
                     w.write(result.plan.name, result.tensor)
                     m = result.merged
                     if m is not None and m.is_task_conditioned:
+                        assert m.task_names and m.task_masks and m.task_scales
                         modulators.add(
                             result.plan.name,
                             result.plan.shape,
-                            m.task_names,  # type: ignore[arg-type]
+                            m.task_names,
                             m.task_masks,
                             m.task_scales,
-                        )  # type: ignore[arg-type]
+                        )
                     entries.append(result.report)
                     if on_tensor is not None:
                         on_tensor(result)

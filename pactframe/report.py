@@ -83,16 +83,25 @@ def _numel(shape: Sequence[int]) -> int:
     return n
 
 
+def _numeric_leaves(data: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested mappings as dotted keys (``before.sst2``)."""
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(_numeric_leaves(value, f"{prefix}{key}."))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        out[prefix[:-1]] = float(data)
+    return out
+
+
 def _evaluator_means(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Mean of every numeric top-level field of every evaluator, over tensors."""
+    """Mean over tensors of every numeric field (nested ones as dotted keys) of
+    every evaluator."""
     sums: dict[str, dict[str, list[float]]] = {}
     for e in entries:
         for ev, data in e.get("evaluators", {}).items():
-            if not isinstance(data, dict):
-                continue
-            for key, value in data.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
-                    sums.setdefault(ev, {}).setdefault(key, []).append(float(value))
+            for key, value in _numeric_leaves(data).items():
+                sums.setdefault(ev, {}).setdefault(key, []).append(value)
     return {ev: {k: sum(v) / len(v) for k, v in d.items()} for ev, d in sums.items()}
 
 
@@ -155,10 +164,11 @@ def model_card(report: dict[str, Any]) -> str:
     )
     means = _evaluator_means(report["tensors"])
     if means:
-        lines += ["", "## Diagnostics (mean over tensors)", ""]
+        lines += ["", "## Diagnostics (mean over the tensors that report them)", ""]
         for ev, values in sorted(means.items()):
-            shown = ", ".join(f"{k} = {v:.4g}" for k, v in sorted(values.items()))
-            lines.append(f"- `{ev}`: {shown}")
+            lines += [f"`{ev}`:", "", "| field | mean |", "|---|---|"]
+            lines += [f"| {k} | {v:.4g} |" for k, v in sorted(values.items())]
+            lines.append("")
     lines += ["", "Every tensor's handler, records and diagnostics are in `merge_report.json`.", ""]
     return "\n".join(lines)
 

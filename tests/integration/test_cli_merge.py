@@ -68,6 +68,15 @@ def test_merge_then_force_and_report(example, tmp_path, capsys):
         "paraphrase",
     }
     assert (out / "config.json").exists()
+    # the model card shows the mean intrusion energy per task, over the tensors reporting it
+    values = [
+        t["evaluators"]["intrusion_energy"]["before"]["grammar"]
+        for t in report["tensors"]
+        if "before" in t.get("evaluators", {}).get("intrusion_energy", {})
+    ]
+    assert len(values) == 16  # the 2-D weights; norms report "skipped"
+    card = (out / "README.md").read_text()
+    assert f"| before.grammar | {sum(values) / len(values):.4g} |" in card
     merged = load_output(out)
     assert len(merged) == 21 and all(torch.isfinite(v).all() for v in merged.values())
     # again without --force: refused, untouched; with --force --quiet: replaced, no progress

@@ -237,10 +237,13 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
     tensors = []
     for key in sources.base.keys():
         info = sources.base.info(key)
-        layouts = {e[key].layout for e in cov_entries if e is not None and key in e}
-        input_axis = INPUT_AXIS[layouts.pop()] if len(layouts) == 1 else 1
-        if len(layouts) > 0:  # two files disagree on the layout of one weight
-            problems.append(f"tensor {key!r}: the covariance files disagree on its layout.")
+        layouts = sorted({e[key].layout for e in cov_entries if e is not None and key in e})
+        if len(layouts) > 1:
+            problems.append(
+                f"tensor {key!r}: the covariance files disagree on its layout ({layouts}); "
+                "collect every covariance from the same architecture."
+            )
+        input_axis = INPUT_AXIS[layouts[0]] if layouts else 1
         cov_tasks = tuple(
             task for task, e in zip(spec.task_names, cov_entries) if e is not None and key in e
         )

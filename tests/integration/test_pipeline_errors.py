@@ -251,3 +251,14 @@ def test_saved_with_wrong_header_dtype_is_rejected(tmp_path):
     base = tiny_model(0)
     bp = save_single(base, tmp_path / "b.safetensors")
     _fails(tmp_path, _config(bp, [tmp_path / "c.safetensors"]), "c.safetensors", "dtype 'C64'")
+
+
+def test_covariance_layouts_disagree(tmp_path):
+    _, _, bp, paths = write_models(tmp_path)
+    key = "layers.0.attn.q.weight"  # square, so both layouts fit its shape
+    cfg = _config(bp, paths)
+    for i, layout in enumerate(("linear", "conv1d")):
+        cov = tmp_path / f"cov{i}.safetensors"
+        save_covariances(cov, {key: torch.eye(8)}, {key: layout}, {key: 3})
+        cfg["models"][i]["covariance"] = str(cov)
+    _fails(tmp_path, cfg, f"tensor {key!r}", "disagree on its layout", "['conv1d', 'linear']")

@@ -1,0 +1,144 @@
+"""The method comparison: hyperparameters on validation, accuracy on test, merge time.
+
+For each method and each variant (TIES k, PACT K/k, PAVE rho), one merge with
+``scaling = 1`` gives ``delta``; every scale ``a`` of the method's grid is
+scored on the VALIDATION split as ``base + a * delta`` (exact: each merger's
+delta is linear in its scaling). The best (variant, scale) by mean validation
+normalized accuracy is merged again with that scaling, timed (wall clock, one
+process), and evaluated once on the TEST split. Results are written per method
+as soon as they exist, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pactframe.bench.cache import read_json, recipe_key, write_json
+from pactframe.bench.merge import merge_in_memory
+from pactframe.bench.methods import Method
+from pactframe.bench.suite import BuiltSuite
+from pactframe.registry import Registry, build_registry
+
+
+def available(method: Method, registry: Registry) -> str | None:
+    """``None`` if every component of ``method`` is registered (and real), else why not."""
+    for kind, name in sorted(method.components()):
+        if (kind, name) not in registry:
+            return f"{kind} {name!r} is not registered"
+    return None
+
+
+def _has_scaling(registry: Registry, merger: str) -> bool:
+    return any(p.name == "scaling" for p in registry.get("merger", merger).parameters())
+
+
+def load_covariances(suite: BuiltSuite) -> dict[str, dict[str, torch.Tensor]]:
+    """task -> {weight key: (d_in, d_in) covariance} from the suite's covariance files."""
+    from pactframe.covariance_io import load_covariance, read_covariance_header
+
+    out = {}
+    for task in suite.task_names:
+        path = suite.covariance_file(task)
+        if path is not None and Path(path).exists():
+            out[task] = {k: load_covariance(path, k) for k in read_covariance_header(path)}
+    return out
+
+
+def _score(result: Mapping[str, Any]) -> float:
+    norm = result.get("mean_normalized_accuracy")
+    return float(norm if norm is not None else result["mean_accuracy"])
+
+
+def run_method(
+    suite: BuiltSuite,
+    method: Method,
+    models: Mapping[str, Mapping[str, torch.Tensor]],
+    covariances: Mapping[str, Mapping[str, torch.Tensor]] | None,
+    registry: Registry,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Tune ``method`` on validation, then time its final merge and test it."""
+    base = suite.base_state()
+    scalings = method.scalings if _has_scaling(registry, method.merger["name"]) else (1.0,)
+
+    def merge(variant: dict[str, Any], scale: float) -> tuple[Any, dict[str, Any]]:
+        merger, pres = method.configure(variant)
+        if _has_scaling(registry, merger["name"]):
+            merger["scaling"] = scale
+        config = {"merger": merger, "preprocessors": pres, "seed": 0}
+        covs = covariances if method.needs_covariances else None
+        return merge_in_memory(base, models, config, covs, registry), config
+
+    best: tuple[float, int, float] | None = None
+    sweep = []
+    for index, variant in enumerate(method.variants):
+        result, _ = merge(variant, 1.0)
+        for a in scalings:
+            score = _score(suite.evaluate(result.states(base, a), "validation"))
+            sweep.append({"variant": variant, "scaling": a, "validation_score": score})
+            if best is None or score > best[0]:
+                best = (score, index, a)
+    assert best is not None
+    score, index, scale = best
+    variant = method.variants[index]
+    start = time.perf_counter()
+    result, config = merge(variant, scale)
+    seconds = time.perf_counter() - start
+    test = suite.evaluate(result.states(base, 1.0), "test")
+    chosen = {**variant, **({"scaling": scale} if len(scalings) > 1 else {})}
+    log(
+        f"  {method.name}: chosen on validation {chosen or '(defaults)'}; "
+        f"test acc {100 * test['mean_accuracy']:.1f}, merge {seconds:.2f} s"
+    )
+    return {
+        "method": method.name,
+        "chosen": chosen,
+        "validation_score": score,
+        "test": test,
+        "merge_seconds": seconds,
+        "sweep": sweep,
+        "config": config,
+    }
+
+
+def compare(
+    suite: BuiltSuite,
+    methods: Sequence[Method],
+    results_file: Path,
+    registry: Registry | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run every available method (resuming from ``results_file``); returns all rows."""
+    registry = registry or build_registry()
+    results: dict[str, Any] = read_json(results_file) if results_file.exists() else {}
+    rows = results.setdefault("rows", {})
+    if "zero_shot" not in results:
+        results["zero_shot"] = suite.evaluate(suite.base_state(), "test")
+        results["individual"] = suite.individual_accuracy("test")
+        write_json(results_file, results)
+    models = None
+    covariances = None
+    for method in methods:
+        key = recipe_key({"method": repr(method)})
+        if method.name in rows and rows[method.name].get("key") == key:
+            continue
+        reason = available(method, registry)
+        if reason is not None:
+            log(f"  {method.name}: skipped ({reason})")
+            results.setdefault("skipped", {})[method.name] = reason
+            continue
+        if models is None:
+            models = {t: suite.finetuned_state(t) for t in suite.task_names}
+        if method.needs_covariances and covariances is None:
+            covariances = load_covariances(suite)
+        row = run_method(suite, method, models, covariances, registry, log)
+        row["key"] = key
+        rows[method.name] = row
+        results.get("skipped", {}).pop(method.name, None)
+        write_json(results_file, results)
+    return results

@@ -1,0 +1,87 @@
+"""Merge in-memory state dicts through the real pipeline, keeping each tensor's
+:class:`~pactframe.types.MergedTensor` (the benchmark's merge step).
+
+:func:`pactframe.api.merge_state_dicts` returns only the merged weights; the
+benchmark also needs the merged *delta* (to sweep a merger's scaling, which
+multiplies it) and, for task-conditioned merges (EMR), each task's masks and
+scales. :func:`merge_in_memory` runs the same :class:`MergePipeline` on the
+same in-memory sources and collects the per-tensor results. ``pactframe demo``
+runs its final merges through the pipeline on files (:mod:`pactframe.bench.files`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from pactframe.registry import Registry
+
+State = dict[str, torch.Tensor]
+
+
+@attrs.frozen
+class MergeResult:
+    """Merged deltas per tensor (``None`` for tensors the pipeline copied from the base)."""
+
+    deltas: dict[str, Any]
+    task_names: tuple[str, ...]
+
+    @property
+    def task_conditioned(self) -> bool:
+        return any(m is not None and m.is_task_conditioned for m in self.deltas.values())
+
+    def states(
+        self, base: Mapping[str, torch.Tensor], scale: float = 1.0
+    ) -> State | dict[str, State]:
+        """``base + scale * delta`` (or task -> state for a task-conditioned merge)."""
+
+        def one(task: str | None) -> State:
+            out = {}
+            for k, b in base.items():
+                m = self.deltas.get(k)
+                if m is None:
+                    out[k] = b
+                    continue
+                d = m.delta if task is None else m.task_delta(task)
+                out[k] = (b.to(d.dtype) + scale * d.cpu()).to(b.dtype)
+            return out
+
+        if self.task_conditioned:
+            return {task: one(task) for task in self.task_names}
+        return one(None)
+
+
+def merge_in_memory(
+    base: Mapping[str, torch.Tensor],
+    finetuned: Mapping[str, Mapping[str, torch.Tensor]],
+    config: Mapping[str, Any],
+    covariances: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    registry: Registry | None = None,
+) -> MergeResult:
+    """Run ``config``'s recipe (preprocessors, merger, rules, fallback, seed) over the
+    in-memory models with :class:`~pactframe.pipeline.MergePipeline`."""
+    from pactframe.config import parse_config
+    from pactframe.pipeline import MergePipeline
+    from pactframe.sources import DictCovarianceSource, Sources, StateDictSource
+
+    names: Sequence[str] = tuple(finetuned)
+    data = {k: v for k, v in config.items() if k not in ("base", "models")}
+    data["base"] = "<memory>"
+    data["models"] = [{"name": n, "path": f"<memory:{n}>"} for n in names]
+    spec = parse_config(data, registry=registry, base_dir=Path.cwd(), check_files=False)
+    sources = Sources(
+        StateDictSource(base, "base state dict"),
+        tuple(StateDictSource(finetuned[n], f"state dict of task {n!r}") for n in names),
+        tuple(
+            DictCovarianceSource(covariances[n], f"covariances of task {n!r}")
+            if covariances and covariances.get(n) is not None
+            else None
+            for n in names
+        ),
+    )
+    deltas = {r.plan.name: r.merged for r in MergePipeline(spec, sources=sources).results()}
+    return MergeResult(deltas, tuple(names))

@@ -1,0 +1,146 @@
+"""The merge methods the benchmark compares, as registry configurations.
+
+Each method is a merger plus optional preprocessors. ``scaling`` grids follow
+each merger's convention (SUM for Task Arithmetic, TIES, TSV-M, Iso-C,
+Iso-CTS; MEAN for averaging; EMR has no global scaling) and the authors'
+validation grids (ALGORITHMS.md secs. 3-8). Every merger's delta is
+``scaling * X`` with ``X`` independent of ``scaling`` (see each merger's
+docstring), so the benchmark merges once with ``scaling = 1`` and sweeps the
+scale on validation, then re-merges with the chosen value to time it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+SUM_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7, 1.0)
+TIES_GRID = (0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0, 2.5)
+SVD_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+PACT_TA_GRID = SUM_GRID
+PAVE_RHOS = (7 / 8, 15 / 16, 31 / 32)
+
+
+@attrs.frozen
+class Method:
+    """One row of the comparison.
+
+    ``variants`` are alternative (preprocessors, merger) settings chosen on
+    validation besides ``scaling`` (TIES k, PACT K/k, PAVE rho); each is a
+    mapping of overrides, ``{}`` the defaults.
+    """
+
+    name: str
+    merger: dict[str, Any]
+    preprocessors: tuple[dict[str, Any], ...] = ()
+    scalings: tuple[float, ...] = (1.0,)
+    variants: tuple[dict[str, Any], ...] = ({},)
+    needs_covariances: bool = False
+
+    def components(self) -> set[tuple[str, str]]:
+        out = {("merger", self.merger["name"])}
+        out |= {("preprocessor", p["name"]) for p in self.preprocessors}
+        for p in self.preprocessors:
+            if "decomposer" in p:
+                out.add(("decomposer", p["decomposer"]))
+        return out
+
+    def configure(self, variant: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(merger config, preprocessor configs) with ``variant``'s overrides applied.
+
+        Override keys are ``"merger.<param>"`` or ``"<preprocessor name>.<param>"``.
+        """
+        merger = dict(self.merger)
+        pres = [dict(p) for p in self.preprocessors]
+        for key, value in variant.items():
+            target, param = key.split(".", 1)
+            if target == "merger":
+                merger[param] = value
+            else:
+                next(p for p in pres if p["name"] == target)[param] = value
+        return merger, pres
+
+
+def _pact(decomposer: str) -> dict[str, Any]:
+    return {"name": "pact", "decomposer": decomposer}
+
+
+PACT_VARIANTS = ({}, {"pact.core_rank": 30}, {"pact.task_rank": 16})
+
+
+def standard_methods(pact_variants: Sequence[dict[str, Any]] = PACT_VARIANTS) -> list[Method]:
+    """Every method of the comparison (issue 7), in table order."""
+    methods = [
+        Method("average", {"name": "average"}),
+        Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=SUM_GRID),
+        Method(
+            "ties",
+            {"name": "ties"},
+            scalings=TIES_GRID,
+            variants=({}, {"merger.keep_fraction": 0.1}, {"merger.keep_fraction": 0.5}),
+        ),
+        Method(
+            "dare+ties",
+            {"name": "ties"},
+            ({"name": "dare"},),
+            scalings=TIES_GRID,
+            variants=({}, {"dare.drop_probability": 0.1}, {"dare.drop_probability": 0.9}),
+        ),
+        Method("emr", {"name": "emr"}),  # no global scaling in the paper: scaling stays 1
+        Method("tsv_m", {"name": "tsv_m"}, scalings=SVD_GRID),
+        Method("iso_c", {"name": "iso_c"}, scalings=SVD_GRID),
+        Method("iso_cts", {"name": "iso_cts"}, scalings=SVD_GRID),
+    ]
+    for backbone, grid in (
+        ("task_arithmetic", PACT_TA_GRID),
+        ("tsv_m", SVD_GRID),
+        ("iso_c", SVD_GRID),
+        ("iso_cts", SVD_GRID),
+    ):
+        for label, decomposer in (("", "exact_svd"), ("efficient_", "randomized_svd")):
+            methods.append(
+                Method(
+                    f"{label}pact+{backbone}",
+                    {"name": backbone},
+                    (_pact(decomposer),),
+                    scalings=grid,
+                    variants=tuple(pact_variants),
+                )
+            )
+    pave_variants = tuple({"pave.rho": r} for r in PAVE_RHOS)
+    methods += [
+        Method(
+            "pave+task_arithmetic",
+            {"name": "task_arithmetic"},
+            ({"name": "pave"},),
+            scalings=SUM_GRID,
+            variants=pave_variants,
+            needs_covariances=True,
+        ),
+        Method(
+            "pave+ties",
+            {"name": "ties"},
+            ({"name": "pave"},),
+            scalings=TIES_GRID,
+            variants=pave_variants,
+            needs_covariances=True,
+        ),
+        Method(
+            "pave+emr",
+            {"name": "emr"},
+            ({"name": "pave"},),
+            variants=pave_variants,
+            needs_covariances=True,
+        ),
+        Method(
+            "pave_plain+task_arithmetic",
+            {"name": "task_arithmetic"},
+            ({"name": "pave", "allocation": "uniform"},),
+            scalings=SUM_GRID,
+            variants=pave_variants,
+            needs_covariances=True,
+        ),
+    ]
+    return methods

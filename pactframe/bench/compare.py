@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from pactframe.bench.cache import read_json, recipe_key, write_json
@@ -54,6 +55,60 @@ def _score(result: Mapping[str, Any]) -> float:
     return float(norm if norm is not None else result["mean_accuracy"])
 
 
+@attrs.frozen
+class Tuned:
+    """A method's hyperparameters as chosen on validation, and the sweep behind them."""
+
+    method: str
+    config: dict[str, Any]
+    chosen: dict[str, Any]
+    validation_score: float
+    sweep: list[dict[str, Any]]
+
+
+def tune_method(
+    suite: BuiltSuite,
+    method: Method,
+    models: Mapping[str, Mapping[str, torch.Tensor]],
+    covariances: Mapping[str, Mapping[str, torch.Tensor]] | None,
+    registry: Registry,
+) -> Tuned:
+    """Choose ``method``'s variant and scaling by mean validation normalized accuracy."""
+    base = suite.base_state()
+    scalings = method.scalings if _has_scaling(registry, method.merger["name"]) else (1.0,)
+    best: tuple[float, int, float] | None = None
+    sweep = []
+    for index, variant in enumerate(method.variants):
+        result = merge_in_memory(
+            base,
+            models,
+            method_config(method, variant, 1.0, registry),
+            covariances if method.needs_covariances else None,
+            registry,
+        )
+        for a in scalings:
+            score = _score(suite.evaluate(result.states(base, a), "validation"))
+            sweep.append({"variant": variant, "scaling": a, "validation_score": score})
+            if best is None or score > best[0]:
+                best = (score, index, a)
+    assert best is not None
+    score, index, scale = best
+    variant = method.variants[index]
+    chosen = {**variant, **({"scaling": scale} if len(scalings) > 1 else {})}
+    config = method_config(method, variant, scale, registry)
+    return Tuned(method.name, config, chosen, score, sweep)
+
+
+def method_config(
+    method: Method, variant: dict[str, Any], scale: float, registry: Registry
+) -> dict[str, Any]:
+    """The pipeline recipe (merger, preprocessors, seed) of ``method`` with ``variant``."""
+    merger, pres = method.configure(variant)
+    if _has_scaling(registry, merger["name"]):
+        merger["scaling"] = scale
+    return {"merger": merger, "preprocessors": pres, "seed": 0}
+
+
 def run_method(
     suite: BuiltSuite,
     method: Method,
@@ -63,46 +118,29 @@ def run_method(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Tune ``method`` on validation, then time its final merge and test it."""
-    base = suite.base_state()
-    scalings = method.scalings if _has_scaling(registry, method.merger["name"]) else (1.0,)
-
-    def merge(variant: dict[str, Any], scale: float) -> tuple[Any, dict[str, Any]]:
-        merger, pres = method.configure(variant)
-        if _has_scaling(registry, merger["name"]):
-            merger["scaling"] = scale
-        config = {"merger": merger, "preprocessors": pres, "seed": 0}
-        covs = covariances if method.needs_covariances else None
-        return merge_in_memory(base, models, config, covs, registry), config
-
-    best: tuple[float, int, float] | None = None
-    sweep = []
-    for index, variant in enumerate(method.variants):
-        result, _ = merge(variant, 1.0)
-        for a in scalings:
-            score = _score(suite.evaluate(result.states(base, a), "validation"))
-            sweep.append({"variant": variant, "scaling": a, "validation_score": score})
-            if best is None or score > best[0]:
-                best = (score, index, a)
-    assert best is not None
-    score, index, scale = best
-    variant = method.variants[index]
+    tuned = tune_method(suite, method, models, covariances, registry)
     start = time.perf_counter()
-    result, config = merge(variant, scale)
+    result = merge_in_memory(
+        suite.base_state(),
+        models,
+        tuned.config,
+        covariances if method.needs_covariances else None,
+        registry,
+    )
     seconds = time.perf_counter() - start
-    test = suite.evaluate(result.states(base, 1.0), "test")
-    chosen = {**variant, **({"scaling": scale} if len(scalings) > 1 else {})}
+    test = suite.evaluate(result.states(suite.base_state(), 1.0), "test")
     log(
-        f"  {method.name}: chosen on validation {chosen or '(defaults)'}; "
+        f"  {method.name}: chosen on validation {tuned.chosen or '(defaults)'}; "
         f"test acc {100 * test['mean_accuracy']:.1f}, merge {seconds:.2f} s"
     )
     return {
         "method": method.name,
-        "chosen": chosen,
-        "validation_score": score,
+        "chosen": tuned.chosen,
+        "validation_score": tuned.validation_score,
         "test": test,
         "merge_seconds": seconds,
-        "sweep": sweep,
-        "config": config,
+        "sweep": tuned.sweep,
+        "config": tuned.config,
     }
 
 

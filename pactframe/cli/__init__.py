@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "materialize": "pactframe.cli.materialize_cmd",
     "example": "pactframe.cli.example_cmd",
     "plugins": "pactframe.cli.plugins_cmd",
+    "demo": "pactframe.cli.demo_cmd",
+    "bench": "pactframe.cli.bench_cmd",
 }
 
 

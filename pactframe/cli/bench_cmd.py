@@ -1,0 +1,48 @@
+"""``pactframe bench SUITE``: the merging benchmark (vision-small or text) over seeds."""
+
+from __future__ import annotations
+
+import argparse
+
+help = "build a benchmark suite (cached), compare merge methods over seeds, write table + plot"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", choices=["vision-small", "text"], help="which suite")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0, 1, 2], help="fine-tuning seeds (default 0 1 2)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="only these methods (default: the whole comparison)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="folder for table.md and plot.png (default ./pactframe-bench-SUITE)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from pactframe.bench.runner import run_suite, select_methods
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out or f"pactframe-bench-{args.suite}")
+    run_suite(
+        args.suite,
+        args.seeds,
+        out,
+        select_methods(args.methods),
+        log=lambda m: print(m, flush=True),
+    )
+    return 0

@@ -35,7 +35,7 @@ import attrs
 import torch
 
 from pactframe.checkpoint import CheckpointWriter, non_weight_files
-from pactframe.config import ConfigProblems, MergeSpec, RecipeSpec, load_config, parse_config
+from pactframe.config import ConfigProblems, MergeSpec, RecipeSpec
 from pactframe.device import COMPUTE_DTYPES, peak_device_bytes, peak_rss_bytes, resolve_device
 from pactframe.errors import ConfigError, InputError
 from pactframe.modulators import ModulatorWriter
@@ -106,13 +106,9 @@ class MergePipeline:
         base_dir: str | os.PathLike[str] | None = None,
         device: str | None = None,
     ) -> MergePipeline:
-        if isinstance(config, MergeSpec):
-            spec = config
-        elif isinstance(config, Mapping):
-            spec = parse_config(config, registry=registry, base_dir=base_dir)
-        else:
-            spec = load_config(config, registry=registry)
-        return cls(spec, device=device)
+        from pactframe.api import load_spec
+
+        return cls(load_spec(config, registry=registry, base_dir=base_dir), device=device)
 
     # planning -----------------------------------------------------------
     @property

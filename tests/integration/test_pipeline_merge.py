@@ -288,3 +288,13 @@ def test_real_pact_tsv_m_with_intrusion_energy(tmp_path, registry):
     )
     expected = base[key] + tsvm.merge(pact.preprocess(bundle)).delta
     torch.testing.assert_close(out[key], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pipeline_from_yaml_path(tmp_path):
+    import yaml
+
+    base, fts, bp, paths = write_models(tmp_path)
+    cfg = _config(bp.name, [p.name for p in paths])  # relative to the YAML's folder
+    (tmp_path / "merge.yaml").write_text(yaml.safe_dump(cfg))
+    pipe = MergePipeline.from_config(tmp_path / "merge.yaml", registry=test_registry())
+    assert pipe.spec.base == bp and len(pipe.plan().tensors) == len(base)

@@ -107,3 +107,26 @@ def ref_global_thresholds(tensors: list[list[np.ndarray]], keep_fraction: float)
         n_keep = ref_keep_count(keep_fraction, mags.size)
         out.append(float(np.sort(mags)[::-1][n_keep - 1]))
     return out
+
+
+def ref_emr(
+    tensors: list[list[np.ndarray]],
+) -> tuple[list[np.ndarray], list[list[np.ndarray]], list[float]]:
+    """EMR over a model (``tensors[i][t]``: task t's vector of tensor i), as
+    merge_vit/src/main_emr_merging.py: returns (tau_uni per tensor, masks per tensor
+    per task, lambda per task), lambda = sum_i mean|D_t,i| / sum_i mean|tau_uni,i m_t,i|."""
+    T = len(tensors[0])
+    unified, all_masks = [], []
+    num, den = np.zeros(T), np.zeros(T)
+    for deltas in tensors:
+        M = np.stack([np.asarray(d, dtype=np.float64) for d in deltas])
+        flag = np.where(M.sum(axis=0) > 0, 1.0, -1.0)
+        masks = M * flag > 0
+        tau = flag * np.max(np.abs(M) * masks, axis=0)
+        unified.append(tau)
+        all_masks.append(list(masks))
+        for t in range(T):
+            num[t] += np.abs(M[t]).mean()
+            den[t] += np.abs(tau * masks[t]).mean()
+    lambdas = [n / d if d > 0 else 1.0 for n, d in zip(num, den)]
+    return unified, all_masks, lambdas

@@ -62,7 +62,8 @@ def _read(folder: Path) -> State:
     from pactframe.checkpoint import CheckpointReader
 
     reader = CheckpointReader(folder, role="merged model")
-    return {k: reader.load(k) for k in reader.keys()}
+    # "<key>::mask" / "::scale" entries belong to the task modulators, not the model.
+    return {k: reader.load(k) for k in reader.keys() if "::" not in k}
 
 
 def load_merged(out: Path, task_names: tuple[str, ...], base: Path) -> State | dict[str, State]:

@@ -144,3 +144,27 @@ def standard_methods(pact_variants: Sequence[dict[str, Any]] = PACT_VARIANTS) ->
         ),
     ]
     return methods
+
+
+REDUCED_GRIDS = {
+    "sum": (0.1, 0.2, 0.3, 0.5),
+    "ties": (0.5, 1.0, 1.5, 2.0),
+    "svd": (0.5, 1.0, 1.5, 2.0),
+}
+
+
+def reduced_methods(methods: Sequence[Method] | None = None) -> list[Method]:
+    """The same methods with four-point scaling grids and only the default variant
+    (and PAVE's paper ratio 63/64): for suites whose evaluation is expensive."""
+    out = []
+    for m in methods or standard_methods():
+        if len(m.scalings) == 1:
+            grid = m.scalings
+        elif m.merger["name"] == "ties":
+            grid = REDUCED_GRIDS["ties"]
+        elif m.merger["name"] == "task_arithmetic":
+            grid = REDUCED_GRIDS["sum"]
+        else:
+            grid = REDUCED_GRIDS["svd"]
+        out.append(attrs.evolve(m, scalings=grid, variants=({},)))
+    return out

@@ -99,8 +99,10 @@ class TextSuite:
         tasks: tuple[str, ...] = TASK_NAMES,
         root: Path | None = None,
         log: Callable[[str], None] = print,
+        validation_examples: int | None = None,
     ) -> None:
         self.recipe = dict(TEXT_RECIPE if recipe is None else recipe)
+        self.validation_examples = validation_examples
         self.seed = seed
         self.log = log
         self.task_names = tuple(tasks)
@@ -142,6 +144,9 @@ class TextSuite:
         key = (task, split)
         if key not in self._batches:
             texts, labels = self.tasks[task].splits[split]
+            if split == "validation" and self.validation_examples:
+                texts = texts[: self.validation_examples]
+                labels = labels[: self.validation_examples]
             lengths = [
                 len(ids)
                 for ids in self.tokenizer(

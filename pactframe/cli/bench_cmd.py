@@ -33,16 +33,16 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from pactframe.bench.methods import reduced_methods, standard_methods
     from pactframe.bench.runner import run_suite, select_methods
 
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out or f"pactframe-bench-{args.suite}")
-    run_suite(
-        args.suite,
-        args.seeds,
-        out,
-        select_methods(args.methods),
-        log=lambda m: print(m, flush=True),
-    )
+    table = reduced_methods() if args.reduced else standard_methods()
+    options = {}
+    if args.validation_examples:
+        options["validation_examples"] = args.validation_examples
+    methods = select_methods(args.methods, table)
+    run_suite(args.suite, args.seeds, out, methods, log=lambda m: print(m, flush=True), **options)
     return 0

@@ -26,6 +26,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
     )
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="four-point scaling grids and default variants only (cheaper)",
+    )
+    parser.add_argument(
+        "--validation-examples",
+        type=int,
+        default=None,
+        help="text suite: tune on the first N validation examples of each task",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

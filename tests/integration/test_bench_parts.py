@@ -1,0 +1,132 @@
+"""Pieces of pactframe.bench against hand-worked or independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pactframe.bench.cache import recipe_dir, recipe_key
+from pactframe.bench.finetune import linear_warmup_decay
+from pactframe.bench.merge import merge_in_memory
+from pactframe.bench.methods import reduced_methods, standard_methods
+from pactframe.bench.report import summarize
+from pactframe.bench.text_data import split_balanced
+from pactframe.bench.vision_small import view
+
+
+def test_recipe_key_ignores_key_order_and_sees_every_value(tmp_path):
+    assert recipe_key({"a": 1, "b": [1, 2]}) == recipe_key({"b": [1, 2], "a": 1})
+    assert recipe_key({"a": 1}) != recipe_key({"a": 2})
+    folder = recipe_dir("suite", {"a": 1}, tmp_path)
+    assert folder == recipe_dir("suite", {"a": 1}, tmp_path)
+    assert (folder / "recipe.json").is_file()
+
+
+def test_split_balanced_hand_example():
+    by_class = {
+        "b": [f"b{i}" for i in range(10)] + ["shared"],
+        "a": [f"a{i}" for i in range(10)] + ["shared", "a0"],
+    }
+    classes, splits = split_balanced(by_class, {"train": 6, "validation": 2, "test": 4}, seed=3)
+    assert classes == ("a", "b")
+    # ceil(size / 2) per class and split: 3 train, 1 validation, 2 test per class.
+    for split, per_class in (("train", 3), ("validation", 1), ("test", 2)):
+        texts, labels = splits[split]
+        assert sorted(labels) == [0] * per_class + [1] * per_class
+        assert all(t[0] == "ab"[y] for t, y in zip(texts, labels))
+    every = [t for s in splits.values() for t in s[0]]
+    assert len(every) == len(set(every)) and "shared" not in every
+    again = split_balanced(by_class, {"train": 6, "validation": 2, "test": 4}, seed=3)[1]
+    assert again == splits
+
+
+def test_vision_views_match_numpy():
+    images = torch.rand(3, 28, 28)
+    labels = torch.tensor([3, 4, 8])
+    x = images.numpy()
+    rot, y = view("rot90", images, labels)
+    np.testing.assert_allclose(rot.numpy(), np.rot90(x, 1, axes=(1, 2)).reshape(3, -1))
+    assert torch.equal(y, labels)
+    flip, _ = view("flip", images, labels)
+    np.testing.assert_allclose(flip.numpy(), x[:, :, ::-1].reshape(3, -1))
+    inv, _ = view("invert", images, labels)
+    np.testing.assert_allclose(inv.numpy(), (1 - x).reshape(3, -1), rtol=1e-6)
+    _, parity = view("parity", images, labels)
+    assert parity.tolist() == [1, 0, 0]
+    _, mod3 = view("digits_mod3", images, labels)
+    assert mod3.tolist() == [0, 1, 2]
+    blocks, _ = view("blocks", images, labels)
+    # A block shuffle permutes pixels: same multiset per image, different order.
+    np.testing.assert_allclose(np.sort(blocks.numpy(), 1), np.sort(x.reshape(3, -1), 1))
+    assert not np.allclose(blocks.numpy(), x.reshape(3, -1))
+
+
+def test_learning_rate_schedule_hand_values():
+    # 10 steps, 20% warm-up = 2 steps: 1/2, 2/2, then (10 - s) / 8.
+    got = [linear_warmup_decay(s, 10, 0.2) for s in range(10)]
+    assert got == pytest.approx([0.5, 1.0, 1.0, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8])
+
+
+def test_in_memory_merge_scaling_is_linear_and_matches_task_arithmetic():
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(6, 5, generator=g), "b": torch.randn(6, generator=g)}
+    models = {
+        t: {k: v + torch.randn(v.shape, generator=g) for k, v in base.items()} for t in ("x", "y")
+    }
+    config = {"merger": {"name": "task_arithmetic", "scaling": 1.0}, "seed": 0}
+    result = merge_in_memory(base, models, config)
+    state = result.states(base, 0.3)
+    for k in base:
+        expected = base[k] + 0.3 * ((models["x"][k] - base[k]) + (models["y"][k] - base[k]))
+        torch.testing.assert_close(state[k], expected)
+
+
+def test_summarize_means_and_standard_deviations():
+    def seed(acc, ind):
+        return {
+            "zero_shot": {"mean_accuracy": 0.5, "tasks": {"t": {"accuracy": 0.5}}},
+            "individual": {"t": ind},
+            "rows": {
+                "ta": {
+                    "test": {"mean_accuracy": acc, "mean_normalized_accuracy": acc / ind},
+                    "merge_seconds": 1.0,
+                    "chosen": {"scaling": 0.3},
+                }
+            },
+        }
+
+    rows = summarize([seed(0.6, 0.8), seed(0.7, 0.8)])
+    ta = rows[2]
+    assert ta["method"] == "ta"
+    assert ta["accuracy"][0] == pytest.approx(0.65)
+    assert ta["accuracy"][1] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    assert rows[0]["normalized"][0] == pytest.approx(0.5 / 0.8)
+
+
+def test_method_table_covers_the_issue_and_uses_registered_components(registry):
+    names = [m.name for m in standard_methods()]
+    for required in (
+        "average",
+        "task_arithmetic",
+        "ties",
+        "dare+ties",
+        "emr",
+        "tsv_m",
+        "iso_c",
+        "iso_cts",
+        "pave+task_arithmetic",
+        "pave+ties",
+        "pave+emr",
+    ):
+        assert required in names
+    for backbone in ("task_arithmetic", "tsv_m", "iso_c", "iso_cts"):
+        assert f"pact+{backbone}" in names and f"efficient_pact+{backbone}" in names
+    for m in standard_methods() + reduced_methods():
+        for kind, name in m.components():
+            assert (kind, name) in registry, (m.name, kind, name)
+        for variant in m.variants:
+            merger, pres = m.configure(variant)
+            registry.build("merger", merger)
+            for p in pres:
+                registry.build("preprocessor", p)

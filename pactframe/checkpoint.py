@@ -39,6 +39,8 @@ from pactframe.errors import CheckpointError, ConfigError
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+#: safetensors files in a model folder that are not weights (task-conditioned merges)
+NON_WEIGHT_SAFETENSORS = frozenset({"task_modulators.safetensors"})
 _MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 #: safetensors dtype codes <-> torch dtypes
@@ -211,7 +213,9 @@ class CheckpointReader:
                     f"{', '.join(missing)}. Re-download the checkpoint."
                 )
             return [p / f for f in files]
-        shards = sorted(p.glob("*.safetensors"))
+        if (p / SINGLE_NAME).is_file():
+            return [p / SINGLE_NAME]
+        shards = sorted(x for x in p.glob("*.safetensors") if x.name not in NON_WEIGHT_SAFETENSORS)
         if shards:
             return shards
         pickles = sorted(x for x in p.iterdir() if x.suffix in PICKLE_SUFFIXES)

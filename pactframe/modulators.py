@@ -39,7 +39,7 @@ from pactframe.checkpoint import (
 )
 from pactframe.errors import CheckpointError, InputError
 
-MODULATOR_FILE = "task_modulators.safetensors"
+MODULATOR_FILE = "task_modulators.safetensors"  # in checkpoint.NON_WEIGHT_SAFETENSORS
 FORMAT_NAME = "pactframe-task-modulators"
 FORMAT_VERSION = "1"
 

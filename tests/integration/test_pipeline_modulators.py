@@ -98,6 +98,30 @@ def test_materialize_errors(merged, tmp_path_factory):
         materialize(plain / "out", "a", plain / "x")
 
 
+def test_single_shard_output_reads_without_the_modulator_file(tmp_path):
+    """One shard and no index: readers of the folder must not take the modulator file
+    for weights (materialize reads the folder like any checkpoint)."""
+    from pactframe.checkpoint import CheckpointReader
+
+    base, fts, bp, paths = write_models(tmp_path, tasks=2)
+    cfg = {
+        "base": str(bp),
+        "models": [{"name": n, "path": str(p)} for n, p in zip("ab", paths)],
+        "merger": "t_mask",
+        "fallback": "t_mean",
+    }
+    merge(cfg, tmp_path / "out", registry=test_registry())
+    assert not (tmp_path / "out" / "model.safetensors.index.json").exists()
+    assert sorted(CheckpointReader(tmp_path / "out").keys()) == sorted(base)
+    materialize(tmp_path / "out", "b", tmp_path / "b")
+    got = load_output(tmp_path / "b")
+    key = "layers.0.attn.q.weight"
+    b, delta, masks, scales = _emr_like(base, fts, key)
+    torch.testing.assert_close(
+        got[key].double(), b + scales[1] * masks[1].double() * delta, rtol=1e-5, atol=1e-6
+    )
+
+
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 4)])
 def test_mask_packing_round_trip(shape):
     g = torch.Generator().manual_seed(len(shape))

@@ -16,6 +16,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress line")
 
 
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM (``kill``, job schedulers) into KeyboardInterrupt, so an
+    interrupted merge removes its temporary folder as it does on Ctrl-C."""
+    import signal
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -26,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_config(args.config)
     check_destination(Path(args.out), force=args.force)  # fail before planning work
     pipeline = MergePipeline(spec, device=args.device)
+    interrupt_on_sigterm()
     report = pipeline.run(args.out, force=args.force, progress=not args.quiet)
     s = report["summary"]
     t = report["timings"]

@@ -124,10 +124,24 @@ class FailingMerger(Merger):
         return MergedTensor(torch.stack(bundle.task_vectors).mean(0))
 
 
+@attrs.frozen
+class SlowMerger(Merger):
+    """Test-only mean that sleeps ``seconds`` per tensor (interruption tests)."""
+
+    name: ClassVar[str] = "t_slow"
+    seconds: float = param(0.05)
+
+    def merge(self, bundle, state=None):
+        import time
+
+        time.sleep(self.seconds)
+        return MergedTensor(torch.stack(bundle.task_vectors).mean(0))
+
+
 class _TestPlugin:
     @hookimpl
     def pactframe_register_mergers(self):
-        return [SumMerger, MeanMerger, NoiseMerger, MaskMerger, FailingMerger]
+        return [SumMerger, MeanMerger, NoiseMerger, MaskMerger, FailingMerger, SlowMerger]
 
     @hookimpl
     def pactframe_register_preprocessors(self):

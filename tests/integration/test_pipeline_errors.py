@@ -262,3 +262,36 @@ def test_covariance_layouts_disagree(tmp_path):
         save_covariances(cov, {key: torch.eye(8)}, {key: layout}, {key: 3})
         cfg["models"][i]["covariance"] = str(cov)
     _fails(tmp_path, cfg, f"tensor {key!r}", "disagree on its layout", "['conv1d', 'linear']")
+
+
+def test_sigterm_mid_merge_leaves_nothing(tmp_path):
+    """A merge killed with SIGTERM (as `pactframe merge` handles it) cleans up."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    _, _, bp, paths = write_models(tmp_path, layers=20)
+    script = (
+        "import sys; from pactframe.api import merge; "
+        "from pactframe.cli.merge_cmd import interrupt_on_sigterm; "
+        "from tests.integration._pipeline_helpers import test_registry; "
+        "interrupt_on_sigterm(); "
+        f"merge({{'base': {str(bp)!r}, 'models': [{{'name': 'a', 'path': {str(paths[0])!r}}}], "
+        "'merger': {'name': 't_slow', 'seconds': 0.2}, 'fallback': 't_mean'}, "
+        f"{str(tmp_path / 'out')!r}, registry=test_registry())"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=Path(__file__).parents[2], stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while not any("pactframe-tmp" in p.name for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, "merge never started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # some tensors written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and b"KeyboardInterrupt" in err
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if "pactframe-tmp" in p.name]

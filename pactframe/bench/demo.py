@@ -66,11 +66,12 @@ def run_demo(
         _, seconds = merge_files(
             models_config, tuned.config, merged_dir, uses_covariances=method.needs_covariances
         )
-        state = load_merged(merged_dir, suite.task_names, Path(models_config["base"]))
-        if isinstance(next(iter(state.values())), dict):
-            state = {t: to_float(s) for t, s in state.items()}
-        else:
-            state = to_float(state)
+        merged = load_merged(merged_dir, suite.task_names, Path(models_config["base"]))
+        state: Any = (
+            {t: to_float(s) for t, s in merged.items() if isinstance(s, dict)}
+            if any(isinstance(s, dict) for s in merged.values())
+            else to_float(merged)  # type: ignore[arg-type]
+        )
         test = suite.evaluate(state, "test")
         log(
             f"      merged on files in {seconds:.2f} s -> {merged_dir}; "

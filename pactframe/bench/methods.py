@@ -67,7 +67,7 @@ def _pact(decomposer: str) -> dict[str, Any]:
     return {"name": "pact", "decomposer": decomposer}
 
 
-PACT_VARIANTS = ({}, {"pact.core_rank": 30}, {"pact.task_rank": 16})
+PACT_VARIANTS: tuple[dict[str, Any], ...] = ({}, {"pact.core_rank": 30}, {"pact.task_rank": 16})
 
 
 def standard_methods(pact_variants: Sequence[dict[str, Any]] = PACT_VARIANTS) -> list[Method]:
@@ -158,6 +158,7 @@ def reduced_methods(methods: Sequence[Method] | None = None) -> list[Method]:
     (and PAVE's paper ratio 63/64): for suites whose evaluation is expensive."""
     out = []
     for m in methods or standard_methods():
+        grid: tuple[float, ...]
         if len(m.scalings) == 1:
             grid = m.scalings
         elif m.merger["name"] == "ties":

@@ -20,7 +20,7 @@ def summarize(
     mean and standard deviation over seeds of test accuracy, normalized accuracy and
     merge wall time, and the hyperparameters chosen per seed. ``order`` lists the
     method names in table order (default: as stored)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     zs = [r["zero_shot"] for r in results]
     rows.append(
         {

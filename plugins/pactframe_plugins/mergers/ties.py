@@ -188,11 +188,14 @@ class TIES(Merger):
                     "same tasks in the same order."
                 )
             for t, tv in enumerate(bundle.task_vectors):
-                bins = magnitude_bins(tv).flatten().cpu()
-                counts[t].index_add_(0, bins, torch.ones_like(bins))
+                entry_bins = magnitude_bins(tv).flatten().cpu()
+                counts[t].index_add_(0, entry_bins, torch.ones_like(entry_bins))
         if task_names is None:
             return GlobalTrimState((), (), (), (), ())
-        bins, targets, kept, totals = [], [], [], []
+        bins: list[int] = []
+        targets: list[int] = []
+        kept: list[int] = []
+        totals: list[int] = []
         for count in counts:
             total = int(count.sum())
             target = keep_count(self.keep_fraction, total)

@@ -28,7 +28,12 @@ def run(args: argparse.Namespace) -> int:
                     "class": f"{e.cls.__module__}.{e.cls.__qualname__}",
                     "provider": e.provider,
                     "parameters": [
-                        {"name": p.name, "default": _jsonable(p.default), "type": p.type, "help": p.help}
+                        {
+                            "name": p.name,
+                            "default": _jsonable(p.default),
+                            "type": p.type,
+                            "help": p.help,
+                        }
                         for p in e.cls.parameters()
                     ],
                 }

@@ -13,7 +13,8 @@ import numpy as np
 
 
 def algorithm1(spectra: list[np.ndarray], rho: Fraction) -> list[int]:
-    """Algorithm 1, lines 3-13, as printed (ties go to the lower model index)."""
+    """Algorithm 1, lines 3-13, as printed (ties go to the lower model index; values equal
+    to 1e-12 are ties, pactframe's convention so that rescaling a model cannot flip one)."""
     s = [np.sort(np.asarray(v, dtype=np.float64))[::-1] for v in spectra]
     s = [v / v[0] for v in s]
     K, R = len(s), len(s[0])
@@ -21,7 +22,7 @@ def algorithm1(spectra: list[np.ndarray], rho: Fraction) -> list[int]:
     r = [R] * K
     index_set = [i for i in range(K) if not (R <= gamma * R or R <= 1)]
     while Fraction(sum(r), K * R) > rho and index_set:
-        t = min(index_set, key=lambda i: (s[i][r[i] - 1], i))
+        t = min(index_set, key=lambda i: (round(float(s[i][r[i] - 1]), 12), i))
         r[t] -= 1
         if r[t] <= gamma * R or r[t] <= 1:
             index_set.remove(t)

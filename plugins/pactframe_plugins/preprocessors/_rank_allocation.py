@@ -122,8 +122,14 @@ def allocate_layer(spectra: Sequence[Any], rho: float) -> tuple[int, ...]:
     budget = math.floor(_fraction(rho) * K * R)
     floor = rank_floor(R, rho)
     ranks = [R] * K
-    # candidates: (last kept normalized value, model index) for models above the floor
-    heap = [(s[i][R - 1], i) for i in range(K) if R > floor]
+    # candidates: (last kept normalized value, model index) for models above the floor.
+    # Values are compared rounded to 1e-12 (they lie in [0, 1]): equal normalized values
+    # are ties, broken by model order, so rescaling one model's W C cannot flip a tie
+    # through the last bit of sigma / sigma_max.
+    def key(i: int, rank: int) -> tuple[float, int]:
+        return (round(float(s[i][rank - 1]), 12), i)
+
+    heap = [key(i, R) for i in range(K) if R > floor]
     heapq.heapify(heap)
     total = K * R
     while total > budget and heap:
@@ -131,7 +137,7 @@ def allocate_layer(spectra: Sequence[Any], rho: float) -> tuple[int, ...]:
         ranks[i] -= 1
         total -= 1
         if ranks[i] > floor:
-            heapq.heappush(heap, (s[i][ranks[i] - 1], i))
+            heapq.heappush(heap, key(i, ranks[i]))
     return tuple(ranks)
 
 

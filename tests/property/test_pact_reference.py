@@ -40,10 +40,15 @@ def test_transposed_layout_filters_the_input_side(case, side):
         np.testing.assert_allclose(got.numpy().T, want, atol=1e-9)
 
 
-@given(pact_cases())
-def test_float32_input_is_computed_and_returned_in_float32(case):
-    """float32 in, float32 out, within float32 accuracy of the float64 reference."""
-    bundle, K, k = case
+@settings(max_examples=20)
+@given(st.integers(1, 4), st.integers(1, 3), st.data())
+def test_float32_input_is_computed_and_returned_in_float32(K, k, data):
+    """float32 in, float32 out, within float32 accuracy of the float64 reference.
+
+    On well-conditioned cases (spectral gaps after K and k): where the relied
+    subspaces are ill-conditioned, float32 rounding can legitimately change their
+    numerical rank, and no float32 result is close to the float64 one."""
+    bundle = data.draw(gapped_bundles(core_rank=K, task_rank=k))
     base, deltas = arrays(bundle)
     out = PACTAligner(core_rank=K, task_rank=k).preprocess(bundle.map_tensors(lambda x: x.float()))
     for got, want, d in zip(out.task_vectors, np_pact(base, deltas, K, k), deltas):

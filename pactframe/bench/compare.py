@@ -144,6 +144,18 @@ def run_method(
     }
 
 
+def _row_from_other_runs(results_file: Path, name: str, key: str) -> dict[str, Any] | None:
+    """The row of method ``name`` with recipe ``key`` from another results file of the same
+    seed folder (a comparison over a different method list), if one exists."""
+    for other in sorted(results_file.parent.glob("results-*.json")):
+        if other == results_file:
+            continue
+        row = read_json(other).get("rows", {}).get(name)
+        if row is not None and row.get("key") == key:
+            return dict(row)
+    return None
+
+
 def compare(
     suite: BuiltSuite,
     methods: Sequence[Method],
@@ -164,6 +176,12 @@ def compare(
     for method in methods:
         key = recipe_key({"method": repr(method)})
         if method.name in rows and rows[method.name].get("key") == key:
+            continue
+        earlier = _row_from_other_runs(results_file, method.name, key)
+        if earlier is not None:
+            log(f"  {method.name}: reused from an earlier comparison of this seed")
+            rows[method.name] = earlier
+            write_json(results_file, results)
             continue
         reason = available(method, registry)
         if reason is not None:

@@ -130,3 +130,52 @@ def test_method_table_covers_the_issue_and_uses_registered_components(registry):
             registry.build("merger", merger)
             for p in pres:
                 registry.build("preprocessor", p)
+
+
+class _CountingSuite:
+    """A two-task linear 'suite': accuracy = fraction of the merged weight's entries that
+    are positive; counts evaluations so a test can see what was recomputed."""
+
+    task_names = ("a", "b")
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.evaluations = 0
+
+    def base_state(self):
+        return {"w": torch.zeros(2, 2)}
+
+    def finetuned_state(self, task):
+        return {"w": torch.full((2, 2), 1.0 if task == "a" else 2.0)}
+
+    def covariance_file(self, task):
+        return None
+
+    def individual_accuracy(self, split):
+        return {"a": 1.0, "b": 1.0}
+
+    def evaluate(self, state, split):
+        self.evaluations += 1
+        acc = float((state["w"] > 0).float().mean())
+        return {"mean_accuracy": acc, "mean_normalized_accuracy": acc}
+
+
+def test_compare_reuses_a_method_row_from_another_method_list_of_the_same_seed(tmp_path):
+    """A method already compared (same recipe key) in another results file of the seed's
+    folder is copied, not recomputed; a method never compared is computed."""
+    from pactframe.bench.compare import compare
+    from pactframe.bench.methods import Method
+
+    ta = Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=(0.5, 1.0))
+    avg = Method("average", {"name": "average"})
+    suite = _CountingSuite(tmp_path)
+    first = compare(suite, [ta, avg], tmp_path / "results-first.json", log=lambda m: None)
+    spent = suite.evaluations
+    logs: list[str] = []
+    second = compare(suite, [ta], tmp_path / "results-second.json", log=logs.append)
+    assert second["rows"]["task_arithmetic"] == first["rows"]["task_arithmetic"]
+    assert suite.evaluations == spent + 1  # only the zero-shot evaluation of the new file
+    assert any("reused" in line for line in logs)
+    changed = Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=(1.0,))
+    compare(suite, [changed], tmp_path / "results-third.json", log=lambda m: None)
+    assert suite.evaluations > spent + 2  # a different recipe is recomputed

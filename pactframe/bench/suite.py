@@ -54,3 +54,22 @@ class LazyTaskModels(Mapping[str, Callable[[Any], torch.Tensor]]):
 
     def __len__(self) -> int:
         return len(self._states)
+
+
+def evaluate_state(
+    state: State | Mapping[str, State],
+    load: Callable[[State], Callable[[Any], torch.Tensor]],
+    data: list[Any],
+    batch_size: int | None = None,
+) -> Mapping[str, Any]:
+    """The ``accuracy`` evaluator's data for one merged state, or for a mapping
+    task -> state (a task-conditioned merge, loaded one task at a time)."""
+    from pactframe_plugins.evaluators.accuracy import Accuracy
+
+    model: Any
+    if state and all(isinstance(v, Mapping) for v in state.values()):
+        model = LazyTaskModels(state, load)  # type: ignore[arg-type]
+    else:
+        model = load(state)  # type: ignore[arg-type]
+    accuracy = Accuracy() if batch_size is None else Accuracy(batch_size=batch_size)
+    return accuracy.evaluate_model(model, data)

@@ -38,7 +38,7 @@ from torch import nn
 
 from pactframe.bench.cache import read_json, recipe_dir, write_json
 from pactframe.bench.finetune import finetune
-from pactframe.bench.suite import LazyTaskModels, State
+from pactframe.bench.suite import State, evaluate_state
 from pactframe.errors import InputError
 
 TASK_NAMES = ("rot90", "flip", "invert", "zoom", "blocks", "parity", "digits_rot180", "digits_mod3")
@@ -336,21 +336,14 @@ class VisionSmall:
         ]
 
     def evaluate_single(self, state: State, task: str, split: str) -> float:
-        from pactframe_plugins.evaluators.accuracy import Accuracy
-
         data = [d for d in self._task_data(split, None) if d.name == task]
-        return Accuracy(batch_size=1024).evaluate_model(self.load(state), data)["mean_accuracy"]
+        return float(evaluate_state(state, self.load, data, 1024)["mean_accuracy"])
 
     def individual_accuracy(self, split: str) -> dict[str, float] | None:
+        """Each fine-tuned model's accuracy on its own task (None before :meth:`build`)."""
         path = self.folder / "individual.json"
         return read_json(path)[split] if path.exists() else None
 
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]:
-        from pactframe_plugins.evaluators.accuracy import Accuracy
-
         data = self._task_data(split, self.individual_accuracy(split))
-        if state and all(isinstance(v, Mapping) for v in state.values()):
-            model: Any = LazyTaskModels(state, self.load)  # type: ignore[arg-type]
-        else:
-            model = self.load(state)  # type: ignore[arg-type]
-        return Accuracy(batch_size=1024).evaluate_model(model, data)
+        return evaluate_state(state, self.load, data, 1024)

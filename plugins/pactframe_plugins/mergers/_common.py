@@ -3,6 +3,7 @@
 - :func:`float_support_reason`: the one rule for tensors no merger can take
   (integer and boolean buffers such as ``position_ids`` or step counters).
 - :func:`stacked_task_vectors`: the ``T`` task vectors as one ``(T, *shape)`` tensor.
+- :func:`summed_task_vectors`: ``sum_t Delta_t`` accumulated in place (no stack).
 - :func:`polar_factor`: the orthogonal polar factor ``u @ vh`` of a thin SVD, which
   TSV-M and Iso-CTS use to orthogonalise concatenated singular vectors.
 - :func:`fallback_field` / :func:`merge_with_fallback`: how the SVD-based mergers
@@ -46,6 +47,21 @@ def require_float(bundle: LayerBundle, merger: str) -> None:
 def stacked_task_vectors(bundle: LayerBundle) -> torch.Tensor:
     """The task vectors as a ``(T, *shape)`` tensor (a copy; inputs stay untouched)."""
     return torch.stack(bundle.task_vectors)
+
+
+def summed_task_vectors(bundle: LayerBundle) -> torch.Tensor:
+    """``sum_t Delta_t`` as a new contiguous tensor, added in task order into one
+    buffer: one tensor of memory instead of the ``T + 1`` of ``stack(...).sum(0)``.
+
+    For ``T <= 4`` the result is bit-identical to ``torch.stack(tvs).sum(dim=0)``
+    (both start from 0 and add the tasks in order; tested); from ``T = 5`` torch's
+    reduction may use several accumulators, so the two can differ in the last bit.
+    """
+    first = bundle.task_vectors[0]
+    total = torch.zeros(first.shape, dtype=first.dtype, device=first.device)
+    for tv in bundle.task_vectors:
+        total.add_(tv)
+    return total
 
 
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     float_support_reason,
     require_float,
-    stacked_task_vectors,
+    summed_task_vectors,
 )
 
 
@@ -41,7 +41,8 @@ class WeightAveraging(Merger):
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         require_float(bundle, self.name)
-        return MergedTensor(self.scaling * stacked_task_vectors(bundle).mean(dim=0))
+        mean = summed_task_vectors(bundle).div_(len(bundle.task_vectors))
+        return MergedTensor(mean.mul_(self.scaling))
 
 
 @hookimpl

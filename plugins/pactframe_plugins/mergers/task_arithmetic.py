@@ -11,7 +11,7 @@ from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     float_support_reason,
     require_float,
-    stacked_task_vectors,
+    summed_task_vectors,
 )
 
 
@@ -44,7 +44,7 @@ class TaskArithmetic(Merger):
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         require_float(bundle, self.name)
-        return MergedTensor(self.scaling * stacked_task_vectors(bundle).sum(dim=0))
+        return MergedTensor(summed_task_vectors(bundle).mul_(self.scaling))
 
 
 @hookimpl

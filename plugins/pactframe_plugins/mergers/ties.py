@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -13,11 +13,8 @@ import torch
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.errors import InputError
 from pactframe.validation import one_of, real
-from pactframe_plugins.mergers._common import (
-    float_support_reason,
-    require_float,
-    stacked_task_vectors,
-)
+from pactframe_plugins.mergers._common import float_support_reason, require_float
+from pactframe_plugins.mergers._selection import kth_largest
 
 #: magnitudes are binned by the top 20 bits of their float32 bit pattern (sign bit
 #: excluded): 8 exponent bits and 12 mantissa bits, so a bin spans a relative
@@ -33,16 +30,23 @@ def keep_count(keep_fraction: float, total: int) -> int:
     return math.ceil(Fraction(repr(float(keep_fraction))) * total)
 
 
-def top_magnitude_mask(values: torch.Tensor, keep_fraction: float) -> torch.Tensor:
+def top_magnitude_mask(
+    values: torch.Tensor, keep_fraction: float, *, scratch: torch.Tensor | None = None
+) -> torch.Tensor:
     """Boolean mask of the ``keep_count(keep_fraction, numel)`` largest ``|values|``
-    (entries tied with the smallest kept magnitude are kept too)."""
-    magnitudes = values.abs().flatten()
-    total = magnitudes.numel()
+    (entries tied with the smallest kept magnitude are kept too).
+
+    The threshold is the exact ``n_keep``-th largest magnitude
+    (:func:`~pactframe_plugins.mergers._selection.kth_largest`, equal to
+    ``torch.kthvalue(|values|, numel - n_keep + 1)``). ``scratch`` (contiguous,
+    the shape and dtype of ``values``) receives the magnitudes, saving one tensor."""
+    total = values.numel()
     n_keep = keep_count(keep_fraction, total)
     if n_keep >= total:
         return torch.ones_like(values, dtype=torch.bool)
-    threshold = torch.kthvalue(magnitudes, total - n_keep + 1).values
-    return values.abs() >= threshold
+    magnitudes = torch.abs(values, out=scratch) if scratch is not None else values.abs()
+    threshold = kth_largest(magnitudes.reshape(-1), n_keep)
+    return magnitudes >= threshold
 
 
 def magnitude_bins(values: torch.Tensor) -> torch.Tensor:
@@ -51,27 +55,62 @@ def magnitude_bins(values: torch.Tensor) -> torch.Tensor:
     return (bits >> _DROPPED_MANTISSA_BITS).to(torch.int64)
 
 
-def elect_signs(trimmed: torch.Tensor) -> torch.Tensor:
-    """TIES "elect": ``sign(sum_t trimmed_t)`` per entry (sign of the total mass);
-    entries whose sum is exactly zero take the majority sign ``sign(sum of the
-    elected signs)`` of the tensor, as the authors' ``resolve_zero_signs``. Shape
-    ``(T, *shape)`` in, ``shape`` out, values in {-1, 0, 1} (0 only if the
-    majority itself is a tie)."""
-    elected = torch.sign(trimmed.sum(dim=0))
+def _zeros_like_contiguous(like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
+
+
+def elect_signs(
+    task_vectors: Sequence[torch.Tensor],
+    keeps: Sequence[torch.Tensor],
+    *,
+    scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """TIES "elect": ``sign(sum_t trimmed_t)`` per entry (sign of the total mass),
+    ``trimmed_t = where(keep_t, Delta_t, 0)``; entries whose sum is exactly zero
+    take the majority sign ``sign(sum of the elected signs)`` of the tensor, as the
+    authors' ``resolve_zero_signs``. ``T`` task vectors and trim masks of one shape
+    in, that shape out, values in {-1, 0, 1} (0 only if the majority itself is a tie).
+
+    The sum is accumulated in place in task order (no ``(T, *shape)`` stack);
+    ``scratch`` (contiguous, same shape and dtype) holds each trimmed task in turn."""
+    elected = _zeros_like_contiguous(task_vectors[0])
+    scratch = torch.empty_like(elected) if scratch is None else scratch
+    zero = elected.new_zeros(())
+    for tv, keep in zip(task_vectors, keeps):
+        elected.add_(torch.where(keep, tv, zero, out=scratch))
+    elected.sign_()
     majority = torch.sign(elected.sum())
-    return torch.where(elected == 0, majority, elected)
+    return elected.masked_fill_(elected == 0, majority)
 
 
-def disjoint_merge(trimmed: torch.Tensor, elected: torch.Tensor, mode: str) -> torch.Tensor:
-    """Keep each task's entries whose sign equals the elected sign; ``"sum"`` adds
-    them, ``"mean"`` divides by how many tasks contributed (at least 1)."""
-    agree = (torch.sign(trimmed) == elected.unsqueeze(0)) & (trimmed != 0)
-    selected = torch.where(agree, trimmed, torch.zeros_like(trimmed))
-    total = selected.sum(dim=0)
-    if mode == "sum":
+def disjoint_merge(
+    task_vectors: Sequence[torch.Tensor],
+    keeps: Sequence[torch.Tensor],
+    elected: torch.Tensor,
+    mode: str,
+    *,
+    scratch: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Keep each task's trimmed entries whose sign equals the elected sign; ``"sum"``
+    adds them, ``"mean"`` divides by how many tasks contributed (at least 1).
+
+    Task ``t`` agrees at an entry when it survived the trim, is nonzero and has
+    the elected sign, i.e. ``keep_t & (Delta_t * gamma > 0)`` (``gamma`` in
+    {-1, 0, 1}; NaN never agrees). Tasks are visited one at a time, through
+    ``scratch`` (contiguous, the shape and dtype of ``elected``)."""
+    total = _zeros_like_contiguous(elected)
+    count = _zeros_like_contiguous(elected) if mode == "mean" else None
+    scratch = torch.empty_like(elected) if scratch is None else scratch
+    zero = elected.new_zeros(())
+    for tv, keep in zip(task_vectors, keeps):
+        agree = torch.mul(tv, elected, out=scratch).gt(0).logical_and_(keep)
+        total.add_(torch.where(agree, tv, zero, out=scratch))
+        if count is not None:
+            count.add_(agree)
+        del agree
+    if count is None:
         return total
-    count = agree.sum(dim=0).clamp(min=1).to(trimmed.dtype)
-    return total / count
+    return total.div_(count.clamp_(min=1))
 
 
 @attrs.frozen
@@ -207,7 +246,9 @@ class TIES(Merger):
             totals.append(total)
         return GlobalTrimState(task_names, tuple(bins), tuple(targets), tuple(kept), tuple(totals))
 
-    def _trim_masks(self, bundle: LayerBundle, state: Any) -> list[torch.Tensor]:
+    def _trim_masks(
+        self, bundle: LayerBundle, state: Any, scratch: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         if self.trim_scope == "global" and state is not None:
             if not isinstance(state, GlobalTrimState) or state.task_names != bundle.task_names:
                 got = getattr(state, "task_names", type(state).__name__)
@@ -220,17 +261,21 @@ class TIES(Merger):
                 magnitude_bins(tv) >= boundary
                 for tv, boundary in zip(bundle.task_vectors, state.boundary_bins)
             ]
-        return [top_magnitude_mask(tv, self.keep_fraction) for tv in bundle.task_vectors]
+        return [
+            top_magnitude_mask(tv, self.keep_fraction, scratch=scratch)
+            for tv in bundle.task_vectors
+        ]
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         require_float(bundle, self.name)
-        masks = torch.stack(self._trim_masks(bundle, state))
-        stacked = stacked_task_vectors(bundle)
-        trimmed = torch.where(masks, stacked, torch.zeros_like(stacked))
-        merged = disjoint_merge(trimmed, elect_signs(trimmed), self.disjoint)
-        kept = [round(float(m.float().mean()), 6) for m in masks]
+        tvs = bundle.task_vectors
+        scratch = _zeros_like_contiguous(tvs[0])  # one work buffer for all three steps
+        keeps = self._trim_masks(bundle, state, scratch)
+        elected = elect_signs(tvs, keeps, scratch=scratch)
+        merged = disjoint_merge(tvs, keeps, elected, self.disjoint, scratch=scratch)
+        kept = [round(int(torch.count_nonzero(m)) / max(m.numel(), 1), 6) for m in keeps]
         record = Record(self.name, {"trim_scope": self.trim_scope, "kept_fraction": kept})
-        return MergedTensor(self.scaling * merged, records=(record,))
+        return MergedTensor(merged.mul_(self.scaling), records=(record,))
 
 
 @hookimpl

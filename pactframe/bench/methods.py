@@ -22,8 +22,8 @@ TIES_GRID = (0.3, 0.5, 0.7, 1.0, 1.3, 1.6, 2.0, 2.5)
 # backbones pick 1-5 there, but PACT-IsoC/-IsoCTS still gained at 20 (PACT removes
 # most of the sum's energy, so Iso-C's mean singular value is small), and
 # PACT-TA picked 1.0, the top of the plain TA grid.
-SVD_GRID = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0, 13.0, 16.0, 20.0)
-SVD_GRID += (25.0, 32.0, 40.0)
+SVD_GRID: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.5, 8.0, 10.0)
+SVD_GRID += (13.0, 16.0, 20.0, 25.0, 32.0, 40.0)
 PACT_TA_GRID = SUM_GRID + (1.5, 2.0, 3.0)
 PAVE_RHOS = (7 / 8, 15 / 16, 31 / 32)
 

@@ -224,6 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=["task_arithmetic", "ties"])
     ap.add_argument("--repeats", type=int, default=1, help="runs per tool; the fastest is kept")
     ap.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse the checkpoints already generated in --workdir (by a run with --keep) "
+        "instead of generating them again; they are kept",
+    )
     ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
     if not Path(args.mergekit).exists():
@@ -235,15 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     root = Path(args.workdir)
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    t0 = time.perf_counter()
-    folders = generate(root)
     n_params = sum(torch.Size(s).numel() for s in llama_shapes(LLAMA).values())
-    print(
-        f"generated base + 3 fine-tunes, {n_params / 1e6:.1f}M parameters each, fp16, "
-        f"2 shards, in {time.perf_counter() - t0:.1f} s"
-    )
+    folders = [root / "base"] + [root / f"ft{t}" for t in range(3)]
+    if args.reuse and all((f / "model.safetensors.index.json").is_file() for f in folders):
+        print(f"reusing the checkpoints in {root}")
+        args.keep = True
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+        root.mkdir(parents=True)
+        t0 = time.perf_counter()
+        folders = generate(root)
+        print(
+            f"generated base + 3 fine-tunes, {n_params / 1e6:.1f}M parameters each, fp16, "
+            f"2 shards, in {time.perf_counter() - t0:.1f} s"
+        )
     pactframe = [sys.executable, "-m", "pactframe"]
     results = {
         "machine": {"cpus": os.cpu_count(), "loadavg_before": os.getloadavg()},

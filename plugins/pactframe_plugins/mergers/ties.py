@@ -55,10 +55,6 @@ def magnitude_bins(values: torch.Tensor) -> torch.Tensor:
     return (bits >> _DROPPED_MANTISSA_BITS).to(torch.int64)
 
 
-def _zeros_like_contiguous(like: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-
-
 def elect_signs(
     task_vectors: Sequence[torch.Tensor],
     keeps: Sequence[torch.Tensor],
@@ -73,10 +69,10 @@ def elect_signs(
 
     The sum is accumulated in place in task order (no ``(T, *shape)`` stack);
     ``scratch`` (contiguous, same shape and dtype) holds each trimmed task in turn."""
-    elected = _zeros_like_contiguous(task_vectors[0])
+    zero = task_vectors[0].new_zeros(())
+    elected = torch.where(keeps[0], task_vectors[0], zero).contiguous()
     scratch = torch.empty_like(elected) if scratch is None else scratch
-    zero = elected.new_zeros(())
-    for tv, keep in zip(task_vectors, keeps):
+    for tv, keep in zip(task_vectors[1:], keeps[1:]):
         elected.add_(torch.where(keep, tv, zero, out=scratch))
     elected.sign_()
     majority = torch.sign(elected.sum())
@@ -98,16 +94,20 @@ def disjoint_merge(
     the elected sign, i.e. ``keep_t & (Delta_t * gamma > 0)`` (``gamma`` in
     {-1, 0, 1}; NaN never agrees). Tasks are visited one at a time, through
     ``scratch`` (contiguous, the shape and dtype of ``elected``)."""
-    total = _zeros_like_contiguous(elected)
-    count = _zeros_like_contiguous(elected) if mode == "mean" else None
     scratch = torch.empty_like(elected) if scratch is None else scratch
     zero = elected.new_zeros(())
+    total: torch.Tensor | None = None
+    count: torch.Tensor | None = None
     for tv, keep in zip(task_vectors, keeps):
         agree = torch.mul(tv, elected, out=scratch).gt(0).logical_and_(keep)
+        if total is None:  # the first task's terms start the sums (no zero-filled buffers)
+            total = torch.where(agree, tv, zero).contiguous()
+            count = agree.to(elected.dtype) if mode == "mean" else None
+            continue
         total.add_(torch.where(agree, tv, zero, out=scratch))
         if count is not None:
             count.add_(agree)
-        del agree
+    assert total is not None
     if count is None:
         return total
     return total.div_(count.clamp_(min=1))
@@ -269,7 +269,7 @@ class TIES(Merger):
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         require_float(bundle, self.name)
         tvs = bundle.task_vectors
-        scratch = _zeros_like_contiguous(tvs[0])  # one work buffer for all three steps
+        scratch = torch.empty(tvs[0].shape, dtype=tvs[0].dtype, device=tvs[0].device)
         keeps = self._trim_masks(bundle, state, scratch)
         elected = elect_signs(tvs, keeps, scratch=scratch)
         merged = disjoint_merge(tvs, keeps, elected, self.disjoint, scratch=scratch)

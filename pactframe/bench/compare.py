@@ -3,10 +3,12 @@
 For each method and each variant (TIES k, PACT K/k, PAVE rho), one merge with
 ``scaling = 1`` gives ``delta``; every scale ``a`` of the method's grid is
 scored on the VALIDATION split as ``base + a * delta`` (exact: each merger's
-delta is linear in its scaling). The best (variant, scale) by mean validation
-normalized accuracy is merged again with that scaling, timed (wall clock, one
-process), and evaluated once on the TEST split. Results are written per method
-as soon as they exist, so an interrupted run resumes where it stopped.
+delta is linear in its scaling); when a variant's best scale is the top of the
+grid, the sweep goes on past it (x 1.5 each step) until the score drops. The
+best (variant, scale) by mean validation normalized accuracy is merged again
+with that scaling, timed (wall clock, one process), and evaluated once on the
+TEST split. Results are written per method as soon as they exist, so an
+interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -86,17 +88,54 @@ def tune_method(
             covariances if method.needs_covariances else None,
             registry,
         )
-        for a in scalings:
+        grid = list(scalings)
+        variant_best: tuple[float, float] | None = None
+        position = 0
+        while position < len(grid):
+            a = grid[position]
+            position += 1
             score = _score(suite.evaluate(result.states(base, a), "validation"))
             sweep.append({"variant": variant, "scaling": a, "validation_score": score})
+            if variant_best is None or score > variant_best[0]:
+                variant_best = (score, a)
             if best is None or score > best[0]:
                 best = (score, index, a)
+            if position == len(grid) and _extend(grid, variant_best[1], len(scalings)):
+                grid.append(round(grid[-1] * EXTEND_FACTOR, 4))
     assert best is not None
     score, index, scale = best
     variant = method.variants[index]
     chosen = {**variant, **({"scaling": scale} if len(scalings) > 1 else {})}
     config = method_config(method, variant, scale, registry)
     return Tuned(method.name, config, chosen, score, sweep)
+
+
+EXTEND_FACTOR = 1.5
+MAX_EXTENSIONS = 6
+
+
+def _extend(grid: Sequence[float], best_scale: float, original: int) -> bool:
+    """Go past the grid's top while the best scale so far is the last one tried (the
+    optimum lies beyond it), at most MAX_EXTENSIONS times; one-point grids stay."""
+    return original > 1 and best_scale == grid[-1] and len(grid) < original + MAX_EXTENSIONS
+
+
+def _tuned_at_grid_top(row: Mapping[str, Any], method: Method) -> bool:
+    """True if a stored row chose some variant's best scale at the top of the grid
+    without trying beyond it (rows from before the grid was extended automatically)."""
+    if len(method.scalings) < 2:
+        return False
+    top = max(method.scalings)
+    per_variant: dict[str, list[tuple[float, float]]] = {}
+    for entry in row.get("sweep", []):
+        key = repr(sorted(entry["variant"].items()))
+        per_variant.setdefault(key, []).append((entry["validation_score"], entry["scaling"]))
+    for entries in per_variant.values():
+        top_score = max(score for score, _ in entries)
+        best_scale = next(a for score, a in entries if score == top_score)  # first, as tuned
+        if best_scale >= top and max(a for _, a in entries) <= top:
+            return True
+    return False
 
 
 def method_config(
@@ -175,10 +214,14 @@ def compare(
     covariances = None
     for method in methods:
         key = recipe_key({"method": repr(method)})
-        if method.name in rows and rows[method.name].get("key") == key:
+        if (
+            method.name in rows
+            and rows[method.name].get("key") == key
+            and not _tuned_at_grid_top(rows[method.name], method)
+        ):
             continue
         earlier = _row_from_other_runs(results_file, method.name, key)
-        if earlier is not None:
+        if earlier is not None and not _tuned_at_grid_top(earlier, method):
             log(f"  {method.name}: reused from an earlier comparison of this seed")
             rows[method.name] = earlier
             write_json(results_file, results)

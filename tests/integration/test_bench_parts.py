@@ -179,3 +179,43 @@ def test_compare_reuses_a_method_row_from_another_method_list_of_the_same_seed(t
     changed = Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=(1.0,))
     compare(suite, [changed], tmp_path / "results-third.json", log=lambda m: None)
     assert suite.evaluations > spent + 2  # a different recipe is recomputed
+
+
+class _PeakedSuite(_CountingSuite):
+    """Validation score peaks where the merged weight is 9 (task arithmetic: w = 3 a)."""
+
+    def evaluate(self, state, split):
+        self.evaluations += 1
+        score = 1.0 - abs(float(state["w"].mean()) - 9.0) / 100.0
+        return {"mean_accuracy": score, "mean_normalized_accuracy": score}
+
+
+def test_scaling_sweep_goes_past_the_grid_top_while_the_best_is_there(tmp_path):
+    """Grid (0.5, 1.0), optimum a = 3: the sweep extends x1.5 (1.5, 2.25, 3.375, 5.0625)
+    and stops once the score drops; a stored row chosen at the grid top is recomputed."""
+    from pactframe.bench.compare import compare, tune_method
+    from pactframe.bench.methods import Method
+    from pactframe.registry import build_registry
+
+    ta = Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=(0.5, 1.0))
+    suite = _PeakedSuite(tmp_path)
+    models = {t: suite.finetuned_state(t) for t in suite.task_names}
+    tuned = tune_method(suite, ta, models, None, build_registry())
+    assert [e["scaling"] for e in tuned.sweep] == [0.5, 1.0, 1.5, 2.25, 3.375, 5.0625]
+    assert tuned.chosen == {"scaling": 3.375}
+
+    stale = {"rows": {"task_arithmetic": {"key": None}}, "zero_shot": {}, "individual": {}}
+    from pactframe.bench.cache import recipe_key, write_json
+
+    key = recipe_key({"method": repr(ta)})
+    stale["rows"]["task_arithmetic"] = {
+        "key": key,
+        "chosen": {"scaling": 1.0},
+        "sweep": [
+            {"variant": {}, "scaling": 0.5, "validation_score": 0.5},
+            {"variant": {}, "scaling": 1.0, "validation_score": 0.9},
+        ],
+    }
+    write_json(tmp_path / "results-old.json", stale)
+    rows = compare(suite, [ta], tmp_path / "results-old.json", log=lambda m: None)["rows"]
+    assert rows["task_arithmetic"]["chosen"] == {"scaling": 3.375}

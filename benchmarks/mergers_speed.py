@@ -13,6 +13,7 @@ per-task 2^20-bin histograms, reported as time per tensor and per million entrie
 
     python benchmarks/mergers_speed.py                          # 768x768 and 3072x768, T = 8
     python benchmarks/mergers_speed.py --shapes 4096x4096 --tasks 4 --repeats 1
+    python benchmarks/mergers_speed.py --only task_arithmetic ties --shapes 32000x768 --tasks 3
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tensors", type=int, default=8, help="tensors in the TIES prepass")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="time only these components (first word of a row label, e.g. ties tsv_m)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -79,6 +86,8 @@ def main() -> None:
     print(f"# load average before: {os.getloadavg()[0]:.2f}")
     print(f"{'component':<20} " + " ".join(f"{s:>12}" for s in args.shapes))
     bundles = [_bundle(tuple(int(x) for x in s.split("x")), args.tasks) for s in args.shapes]
+    if args.only:
+        components = [(label, fn) for label, fn in components if label.split()[0] in args.only]
     for label, fn in components:
         row = [_median_time(lambda b=b, fn=fn: fn(b), args.repeats) for b in bundles]
         print(f"{label:<20} " + " ".join(f"{t * 1e3:>10.1f}ms" for t in row))

@@ -31,6 +31,7 @@ def small_bracket():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_selection, "DIRECT_LIMIT", 64)
         patch.setattr(_selection, "SAMPLE_SIZE", 256)
+        patch.setattr(_selection, "MIN_SAMPLE_SIZE", 64)
         yield
 
 

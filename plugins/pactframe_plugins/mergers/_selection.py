@@ -19,7 +19,7 @@ Method (bracket from a sample, then verify by counting; Floyd and Rivest,
    candidates, about 12 sqrt(q (1 - q) / m) of the entries); otherwise (an
    unlucky sample, never wrong, only slower) fall back to ``torch.kthvalue`` on
    everything. Tensors holding NaN, and small tensors, go to ``torch.kthvalue``
-   directly.
+   directly. The sample has ``m = clamp(n // 64, 2^12, 2^16)`` entries.
 
 The result is an entry of ``values`` chosen by rank alone, so it is the same
 whatever the sample; only the time depends on it.
@@ -29,15 +29,19 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from pactframe.errors import InputError
 
-#: entries in the sample that brackets the k-th largest value
+#: entries in the sample that brackets the k-th largest value (at most; n // 64 for
+#: smaller tensors, at least MIN_SAMPLE_SIZE)
 SAMPLE_SIZE = 1 << 16
+MIN_SAMPLE_SIZE = 1 << 12
 #: tensors with at most this many entries go straight to torch.kthvalue
 DIRECT_LIMIT = 1 << 18
 _SAMPLE_SEED = 0x7153
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -60,7 +64,8 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
 
 def _bracketed(values: torch.Tensor, k: int) -> torch.Tensor | None:
     """Steps 1-3 of the module docstring; ``None`` when the sample's bracket missed."""
-    n, m = values.numel(), SAMPLE_SIZE
+    n = values.numel()
+    m = min(SAMPLE_SIZE, max(MIN_SAMPLE_SIZE, n // 64))
     gen = torch.Generator().manual_seed(_SAMPLE_SEED)
     picks = torch.randint(n, (m,), generator=gen).to(values.device)
     sample = values[picks]
@@ -75,9 +80,17 @@ def _bracketed(values: torch.Tensor, k: int) -> torch.Tensor | None:
     inside = values >= lo
     inside.logical_xor_(beyond)  # lo <= v <= hi: ``beyond`` is a subset of ``inside``
     del beyond
-    candidates = values[inside]
+    candidates = _select(values, inside)
     del inside
     rank = k - above
     if not 0 < rank <= candidates.numel():
         return None
     return torch.kthvalue(candidates, candidates.numel() - rank + 1).values
+
+
+def _select(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values[mask]`` (1-D, in order). On the CPU numpy's ``compress`` does it in a
+    quarter of the time of torch's ``masked_select`` (zero-copy views both ways)."""
+    if values.device.type == "cpu" and values.dtype in _NUMPY_DTYPES:
+        return torch.from_numpy(np.compress(mask.numpy(), values.numpy()))
+    return values[mask]

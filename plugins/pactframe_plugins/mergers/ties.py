@@ -97,20 +97,21 @@ def disjoint_merge(
     scratch = torch.empty_like(elected) if scratch is None else scratch
     zero = elected.new_zeros(())
     total: torch.Tensor | None = None
-    count: torch.Tensor | None = None
+    count: torch.Tensor | None = None  # agreeing tasks per entry, integer
+    count_dtype = torch.uint8 if len(task_vectors) < 256 else torch.int32
     for tv, keep in zip(task_vectors, keeps):
         agree = torch.mul(tv, elected, out=scratch).gt(0).logical_and_(keep)
         if total is None:  # the first task's terms start the sums (no zero-filled buffers)
             total = torch.where(agree, tv, zero).contiguous()
-            count = agree.to(elected.dtype) if mode == "mean" else None
+            count = agree.to(count_dtype) if mode == "mean" else None
             continue
         total.add_(torch.where(agree, tv, zero, out=scratch))
         if count is not None:
-            count.add_(agree)
+            count.add_(agree.view(torch.uint8).to(count_dtype))
     assert total is not None
     if count is None:
         return total
-    return total.div_(count.clamp_(min=1))
+    return total.div_(count.clamp_(min=1).to(total.dtype))
 
 
 @attrs.frozen

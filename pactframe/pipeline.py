@@ -279,7 +279,11 @@ class MergePipeline:
                 f"Tensor {t.name!r}: merger {merger.name!r} returned {got}; expected a "
                 f"MergedTensor with a delta of shape {t.shape}."
             )
-        out = (bundle.base + merged.delta.to(bundle.base.dtype)).to(t.out_dtype).to("cpu")
+        # base + delta in the compute dtype, rounded once into the output dtype: one
+        # kernel writes the output buffer (no compute-dtype temporary to cast afterwards)
+        out = torch.empty(t.shape, dtype=t.out_dtype, device=bundle.base.device)
+        torch.add(bundle.base, merged.delta.to(bundle.base.dtype), out=out)
+        out = out.to("cpu")
         entry["handler"] = handler
         entry["merger"] = merger.name
         if reason:

@@ -57,9 +57,9 @@ def summed_task_vectors(bundle: LayerBundle) -> torch.Tensor:
     (both start from 0 and add the tasks in order; tested); from ``T = 5`` torch's
     reduction may use several accumulators, so the two can differ in the last bit.
     """
-    first = bundle.task_vectors[0]
-    total = torch.zeros(first.shape, dtype=first.dtype, device=first.device)
-    for tv in bundle.task_vectors:
+    first, *rest = bundle.task_vectors
+    total = first.add(0.0).contiguous()  # 0 + Delta_1, as the reduction starts (-0 -> +0)
+    for tv in rest:
         total.add_(tv)
     return total
 

@@ -25,7 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=list(DEMO_METHODS),
         help=f"methods to run (default: {' '.join(DEMO_METHODS)})",
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the models are small, and extra threads only "
+        "contend on a busy machine)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

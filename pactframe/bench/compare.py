@@ -185,7 +185,9 @@ def run_method(
 
 def _row_from_other_runs(results_file: Path, name: str, key: str) -> dict[str, Any] | None:
     """The row of method ``name`` with recipe ``key`` from another results file of the same
-    seed folder (a comparison over a different method list), if one exists."""
+    seed folder (a comparison over a different method list), if one exists. Read afresh
+    for each method, so rows that a concurrent run of the same seed finished meanwhile
+    are picked up."""
     for other in sorted(results_file.parent.glob("results-*.json")):
         if other == results_file:
             continue

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from pactframe.bench.cache import read_json
 
 State = dict[str, torch.Tensor]
 
@@ -33,6 +36,31 @@ class BuiltSuite(Protocol):
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]: ...
 
     def individual_accuracy(self, split: str) -> dict[str, float] | None: ...
+
+
+class SeedFolder:
+    """The files of one built seed, shared by the suites: ``folder/<task>.safetensors``
+    (fine-tuned mergeable tensors), ``folder/<task>.covariance.safetensors`` (PAVE's
+    input covariances) and ``folder/individual.json`` (each fine-tuned model's accuracy
+    on its own task, per split)."""
+
+    folder: Path
+
+    def checkpoint_path(self, task: str) -> Path:
+        return self.folder / f"{task}.safetensors"
+
+    def covariance_file(self, task: str) -> Path:
+        return self.folder / f"{task}.covariance.safetensors"
+
+    def finetuned_state(self, task: str) -> State:
+        from safetensors.torch import load_file
+
+        return load_file(str(self.checkpoint_path(task)))
+
+    def individual_accuracy(self, split: str) -> dict[str, float] | None:
+        """Each fine-tuned model's accuracy on its own task (None before it is built)."""
+        path = self.folder / "individual.json"
+        return read_json(path)[split] if path.exists() else None
 
 
 class LazyTaskModels(Mapping[str, Callable[[Any], torch.Tensor]]):

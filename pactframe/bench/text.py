@@ -31,9 +31,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pactframe.bench.cache import read_json, recipe_dir, write_json
+from pactframe.bench.cache import recipe_dir, write_json
 from pactframe.bench.finetune import finetune
-from pactframe.bench.suite import State, evaluate_state
+from pactframe.bench.suite import SeedFolder, State, evaluate_state
 from pactframe.bench.text_data import TASK_NAMES, TextTask, build_text_tasks
 from pactframe.errors import InputError
 
@@ -89,7 +89,7 @@ def embed(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Te
     return F.normalize(pooled, dim=-1)
 
 
-class TextSuite:
+class TextSuite(SeedFolder):
     """The text suite for one fine-tuning seed (see module docstring)."""
 
     def __init__(
@@ -174,17 +174,6 @@ class TextSuite:
 
     def base_state(self) -> State:
         return self._mergeable(self._base)
-
-    def checkpoint_path(self, task: str) -> Path:
-        return self.folder / f"{task}.safetensors"
-
-    def covariance_file(self, task: str) -> Path:
-        return self.folder / f"{task}.covariance.safetensors"
-
-    def finetuned_state(self, task: str) -> State:
-        from safetensors.torch import load_file
-
-        return load_file(str(self.checkpoint_path(task)))
 
     def load(self, state: State) -> Callable[[Any], torch.Tensor]:
         full = dict(self._base)
@@ -303,11 +292,6 @@ class TextSuite:
     def evaluate_single(self, state: State, task: str, split: str) -> float:
         data = [d for d in self._task_data(split, None) if d.name == task]
         return float(evaluate_state(state, self.load, data, None)["mean_accuracy"])
-
-    def individual_accuracy(self, split: str) -> dict[str, float] | None:
-        """Each fine-tuned model's accuracy on its own task (None before :meth:`build`)."""
-        path = self.folder / "individual.json"
-        return read_json(path)[split] if path.exists() else None
 
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]:
         data = self._task_data(split, self.individual_accuracy(split))

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pactframe.bench.cache import read_json, recipe_dir, write_json
+from pactframe.bench.cache import recipe_dir, write_json
 from pactframe.bench.finetune import finetune
-from pactframe.bench.suite import State, evaluate_state
+from pactframe.bench.suite import SeedFolder, State, evaluate_state
 from pactframe.errors import InputError
 
 TASK_NAMES = ("rot90", "flip", "invert", "zoom", "blocks", "parity", "digits_rot180", "digits_mod3")
@@ -149,7 +149,7 @@ class MLPEncoder(nn.Module):
         return F.normalize(self.layers(x), dim=-1)
 
 
-class VisionSmall:
+class VisionSmall(SeedFolder):
     """The vision-small suite for one fine-tuning seed (see module docstring).
 
     ``tasks`` and ``recipe`` overrides make the reduced CI variant (few tasks,
@@ -305,17 +305,6 @@ class VisionSmall:
     def base_state(self) -> State:
         return dict(self._base)
 
-    def checkpoint_path(self, task: str) -> Path:
-        return self.folder / f"{task}.safetensors"
-
-    def covariance_file(self, task: str) -> Path:
-        return self.folder / f"{task}.covariance.safetensors"
-
-    def finetuned_state(self, task: str) -> State:
-        from safetensors.torch import load_file
-
-        return load_file(str(self.checkpoint_path(task)))
-
     def load(self, state: State) -> Callable[[Any], torch.Tensor]:
         self.model.load_state_dict(state)
         self.model.eval()
@@ -338,11 +327,6 @@ class VisionSmall:
     def evaluate_single(self, state: State, task: str, split: str) -> float:
         data = [d for d in self._task_data(split, None) if d.name == task]
         return float(evaluate_state(state, self.load, data, 1024)["mean_accuracy"])
-
-    def individual_accuracy(self, split: str) -> dict[str, float] | None:
-        """Each fine-tuned model's accuracy on its own task (None before :meth:`build`)."""
-        path = self.folder / "individual.json"
-        return read_json(path)[split] if path.exists() else None
 
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]:
         data = self._task_data(split, self.individual_accuracy(split))

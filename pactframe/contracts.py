@@ -150,6 +150,10 @@ class Merger(Component):
 
     kind: ClassVar[str] = "merger"
     needs_prepass: ClassVar[bool] = False
+    #: True when the method defines per-model weights (``LayerBundle.task_weights``,
+    #: from ``models[].weight``); a config with weights and a merger without them
+    #: is refused.
+    accepts_weights: ClassVar[bool] = False
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
         """Whole-model statistics for two-pass mergers (default: none)."""

@@ -223,13 +223,7 @@ def load_config(
 
     A mergekit config (one with ``merge_method``) is converted first
     (:mod:`pactframe.mergekit_compat`); the conversion's notes land in ``spec.notes``."""
-    from pactframe.mergekit_compat import convert_mergekit, is_mergekit_config
-
-    data = read_yaml(path)
-    notes: tuple[str, ...] = ()
-    if is_mergekit_config(data):
-        converted = convert_mergekit(data, base_dir=Path(path).parent, source=str(path))
-        data, notes = converted.config, converted.notes
+    data, notes = read_config_data(path)
     spec = parse_config(
         data,
         registry=registry,
@@ -238,6 +232,17 @@ def load_config(
         check_files=check_files,
     )
     return attrs.evolve(spec, notes=notes) if notes else spec
+
+
+def read_config_data(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
+    """``(config mapping, notes)`` of a YAML file; a mergekit config is converted."""
+    from pactframe.mergekit_compat import convert_mergekit, is_mergekit_config
+
+    data = read_yaml(path)
+    if is_mergekit_config(data):
+        converted = convert_mergekit(data, base_dir=Path(path).parent, source=str(path))
+        return converted.config, converted.notes
+    return data, ()
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:

@@ -431,6 +431,7 @@ class _Parser:
                 f"input_dtype: must be 'same' (inputs must share one dtype) or 'cast' (cast "
                 f"every input to compute_dtype); got {input_dtype!r}."
             )
+        self.check_model_count(recipe, rules, len(models))
         if any(m.weight is not None for m in models):
             self.check_weights(recipe, rules, fallback)
         if self.problems:
@@ -452,6 +453,19 @@ class _Parser:
             vocab=vocab,
             input_dtype=input_dtype,
         )
+
+    def check_model_count(self, recipe: Any, rules: Sequence[RuleSpec], count: int) -> None:
+        """Mergers that take an exact number of models (slerp: one) get that many."""
+        mergers = [recipe.merger] if recipe is not None else []
+        mergers += [r.recipe.merger for r in rules if r.recipe is not None]
+        for m in mergers:
+            exact = getattr(m, "exact_models", None)
+            if exact is not None and count and count != exact:
+                self.problem(
+                    f"merger {m.name!r} takes exactly {exact} fine-tuned model(s) besides the "
+                    f"base; models lists {count}. List {exact}, or use linear / "
+                    "task_arithmetic to merge more."
+                )
 
     def check_weights(self, recipe: Any, rules: Sequence[RuleSpec], fallback: Any) -> None:
         """Per-model weights need mergers whose method defines them."""

@@ -154,6 +154,9 @@ class Merger(Component):
     #: from ``models[].weight``); a config with weights and a merger without them
     #: is refused.
     accepts_weights: ClassVar[bool] = False
+    #: the exact number of fine-tuned models the method takes (``None``: any);
+    #: slerp takes one. The config parser refuses other counts.
+    exact_models: ClassVar[int | None] = None
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
         """Whole-model statistics for two-pass mergers (default: none)."""

@@ -123,6 +123,7 @@ class SLERP(Merger):
     """
 
     name: ClassVar[str] = "slerp"
+    exact_models: ClassVar[int | None] = 1
 
     t: Any = param(
         0.5,

@@ -257,13 +257,15 @@ dtype: float32
     ("text", "said"),
     [
         (
-            "merge_method: passthrough\nslices: [{sources: [{model: ./base, layer_range: [0, 2]}]}]",
+            "merge_method: passthrough\n"
+            "slices: [{sources: [{model: ./base, layer_range: [0, 2]}]}]",
             "passthrough",
         ),
         ("merge_method: model_stock\nbase_model: ./base\nmodels: [{model: ./math}]", "model_stock"),
         (
             "merge_method: ties\nbase_model: ./base\nmodels:\n  - {model: ./math, parameters: "
-            "{density: 0.5, weight: 1}}\n  - {model: ./code, parameters: {density: 0.7, weight: 1}}",
+            "{density: 0.5, weight: 1}}\n"
+            "  - {model: ./code, parameters: {density: 0.7, weight: 1}}",
             "different densities",
         ),
         (

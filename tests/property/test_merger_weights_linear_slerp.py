@@ -12,14 +12,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pactframe.errors import InputError, InvalidParameterError
-from pactframe.types import LayerBundle
 from pactframe_plugins.mergers.average import WeightAveraging
 from pactframe_plugins.mergers.linear import LinearMerge
 from pactframe_plugins.mergers.slerp import SLERP, gradient_value
 from pactframe_plugins.mergers.task_arithmetic import TaskArithmetic
 from pactframe_plugins.mergers.ties import TIES
+
+from pactframe.errors import InputError, InvalidParameterError
+from pactframe.types import LayerBundle
 
 WEIGHT = st.floats(0.1, 2.0)
 

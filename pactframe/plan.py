@@ -145,6 +145,7 @@ def check_sources(
     or, with ``input_dtype="cast"``, one note appended to ``notes``."""
     problems: list[str] = []
     dtype_mismatch: dict[str, Counter[tuple[str, str]]] = {}
+    dtype_examples: dict[str, list[str]] = {}
     base = sources.base
     base_keys = base.keys()
     base_set = set(base_keys)
@@ -183,6 +184,7 @@ def check_sources(
             elif b.dtype != m.dtype:
                 if b.is_float and m.is_float:
                     dtype_mismatch.setdefault(task, Counter())[(m.dtype_code, b.dtype_code)] += 1
+                    dtype_examples.setdefault(task, []).append(key)
                 else:
                     problems.append(
                         f"tensor {key!r}: dtype {m.dtype_code} in model {task!r} ({model.label}) "
@@ -195,6 +197,7 @@ def check_sources(
             + ", ".join(
                 f"{n} tensor(s) {got} where the base has {want}" for (got, want), n in c.items()
             )
+            + f" (e.g. {_preview(dtype_examples[task][:_SHOWN])})"
             for task, c in dtype_mismatch.items()
         )
         if input_dtype == "cast":

@@ -157,3 +157,30 @@ def test_merge_state_dicts_returns_state_report_and_task_states(models, tmp_path
     plain = merge_state_dicts(states["base"], [states["a"]], {"merger": "average"})
     assert not plain.is_task_conditioned
     assert all(torch.equal(plain.task_state_dict("task0")[k], plain[k]) for k in plain)
+
+
+def test_pact_task_arithmetic_takes_weights_like_its_backbone(models):
+    """A PACT preset accepts weights iff its backbone does; with T = 1 (PACT passes the
+    tensor through) pact_task_arithmetic equals task_arithmetic with the same weight."""
+    from pactframe.registry import build_registry
+
+    reg = build_registry()
+    assert reg.entry("merger", "pact_task_arithmetic").cls.accepts_weights
+    assert not reg.entry("merger", "pact_tsv_m").cls.accepts_weights
+    _, paths = models
+    one = {"base": paths["base"], "models": [{"name": "a", "path": paths["a"], "weight": 0.4}]}
+    states = {n: load_file(str(Path(p) / "model.safetensors")) for n, p in paths.items()}
+    got = merge_state_dicts(
+        states["base"],
+        {"a": states["a"]},
+        parse_config(one | {"merger": {"name": "pact_task_arithmetic", "scaling": 1.0}}),
+    )
+    want = merge_state_dicts(
+        states["base"],
+        {"a": states["a"]},
+        parse_config(one | {"merger": {"name": "task_arithmetic", "scaling": 1.0}}),
+    )
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+        ref = states["base"][k] + 0.4 * (states["a"][k] - states["base"][k])
+        torch.testing.assert_close(want[k], ref, rtol=1e-6, atol=1e-6)

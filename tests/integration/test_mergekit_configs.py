@@ -354,3 +354,15 @@ def test_convert_is_pure_data(tmp_path):
         "models": [{"name": "m", "path": "./m", "weight": 0.5}],
         "merger": {"name": "task_arithmetic", "scaling": 1.0, "normalize": False},
     }
+
+
+def test_validate_accepts_a_mergekit_config(zoo):
+    from pactframe.cli import main
+
+    root, _ = zoo
+    cfg = mk(
+        root,
+        "merge_method: task_arithmetic\nbase_model: ./base\n"
+        "models: [{model: ./math, parameters: {weight: 0.5}}]\n",
+    )
+    assert main(["validate", str(cfg)]) == 0

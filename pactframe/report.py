@@ -127,16 +127,17 @@ def hub_name(path: str) -> str:
 
 
 def card_metadata(report: dict[str, Any]) -> dict[str, Any]:
-    """The Hugging Face model-card metadata (the YAML block the Hub reads)."""
+    """The Hugging Face model-card metadata (the YAML block the Hub reads);
+    ``library_name: transformers`` when the base folder has a ``config.json``."""
     cfg = report["config"]
     method = cfg["merger"]["name"]
     bases = [hub_name(cfg["base"])] + [hub_name(m["path"]) for m in cfg["models"]]
     unique = list(dict.fromkeys(bases))
-    return {
-        "base_model": unique,
-        "library_name": "transformers",
-        "tags": ["merge", "pactframe", method],
-    }
+    meta: dict[str, Any] = {"base_model": unique}
+    if (Path(cfg["base"]) / "config.json").is_file():  # a transformers model folder
+        meta["library_name"] = "transformers"
+    meta["tags"] = ["merge", "pactframe", method]
+    return meta
 
 
 def config_yaml(report: dict[str, Any]) -> str:

@@ -241,3 +241,30 @@ def test_weights_are_passed_unchanged_by_attrs_evolve():
     assert attrs.evolve(b, name="x").task_weights == (0.5,)
     with pytest.raises(InputError, match="task weights"):
         bundle(np.ones(2), [np.ones(2)], [0.5, 0.5])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "merger",
+    [
+        LinearMerge(),
+        LinearMerge(normalize=False),
+        TaskArithmetic(normalize=True),
+        TIES(),
+        WeightAveraging(),
+        SLERP(t=0.3),
+    ],
+    ids=lambda m: f"{m.name}",
+)
+def test_cpu_and_cuda_agree_with_weights(merger):
+    """The weighted mergers and slerp give the same numbers on CUDA as on the CPU."""
+    rng = np.random.default_rng(0)
+    T = 1 if isinstance(merger, SLERP) else 3
+    weights = None if isinstance(merger, SLERP) else [0.5, 1.5, 0.25]
+    cpu = bundle(
+        rng.standard_normal((12, 9)), [rng.standard_normal((12, 9)) for _ in range(T)], weights
+    )
+    cuda = cpu.map_tensors(lambda x: x.to("cuda"))
+    out_cpu, out_cuda = merger.merge(cpu).delta, merger.merge(cuda).delta
+    assert out_cuda.device.type == "cuda"
+    torch.testing.assert_close(out_cuda.cpu(), out_cpu, rtol=1e-9, atol=1e-10)

@@ -366,3 +366,19 @@ def test_validate_accepts_a_mergekit_config(zoo):
         "models: [{model: ./math, parameters: {weight: 0.5}}]\n",
     )
     assert main(["validate", str(cfg)]) == 0
+
+
+def test_a_top_level_parameters_block_points_to_the_mergers_own_keys():
+    with pytest.raises(ConfigProblems) as err:
+        parse_config(
+            {
+                "base": "b",
+                "models": [{"name": "a", "path": "a"}],
+                "merger": "ties",
+                "parameters": {"density": 0.2},
+            },
+            check_files=False,
+        )
+    text = str(err.value)
+    assert "keep_fraction: 0.2" in text and "models[].weight" in text
+    assert "density: 0.2}" not in text  # the old hint suggested a key ties refuses

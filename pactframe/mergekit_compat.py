@@ -325,11 +325,12 @@ def convert_mergekit(
         out["input_dtype"] = "cast"
         if DTYPES.get(dtype) == "float64":
             out["compute_dtype"] = "float64"
-        notes.append(
-            f"dtype {dtype}: inputs are cast to pactframe's compute dtype "
-            f"({out.get('compute_dtype', 'float32')}) and rounded once to the output dtype, "
-            "where mergekit computes in the given dtype"
-        )
+        if DTYPES.get(dtype) in ("float16", "bfloat16"):
+            notes.append(
+                f"dtype {dtype}: inputs are cast to pactframe's compute dtype "
+                f"({out.get('compute_dtype', 'float32')}) and rounded once to the output "
+                "dtype, where mergekit computes in the given dtype"
+            )
     if out_dtype is not None and out_dtype in DTYPES:
         out["output"] = {"dtype": DTYPES[out_dtype]}
     tok = data.get("tokenizer_source")

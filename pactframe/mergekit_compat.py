@@ -331,8 +331,11 @@ def convert_mergekit(
                 f"({out.get('compute_dtype', 'float32')}) and rounded once to the output "
                 "dtype, where mergekit computes in the given dtype"
             )
-    if out_dtype is not None and out_dtype in DTYPES:
-        out["output"] = {"dtype": DTYPES[out_dtype]}
+    if out_dtype is not None:
+        if out_dtype in DTYPES:
+            out["output"] = {"dtype": DTYPES[out_dtype]}
+        elif out_dtype != dtype:  # an unknown dtype was reported above
+            problems.append(f"out_dtype {out_dtype!r} is not one of {', '.join(DTYPES)}.")
     tok = data.get("tokenizer_source")
     if tok is not None:
         if tok in ("base", "union"):

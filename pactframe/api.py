@@ -4,8 +4,10 @@
 
     report = merge("config.yaml", "out/", force=True)          # files -> files
     plan = validate({"base": ..., "models": [...], "merger": "ties"}, base_dir=".")
-    state = merge_state_dicts(base_sd, {"sst2": sd1, "cola": sd2},
-                              {"merger": {"name": "task_arithmetic", "scaling": 0.3}})
+    result = merge_state_dicts(base_sd, {"sst2": sd1, "cola": sd2},
+                               {"merger": {"name": "task_arithmetic", "scaling": 0.3}})
+    model.load_state_dict(result.state_dict)      # result.report: the merge report
+    sst2_only = result.task_state_dict("sst2")    # task-conditioned merges (emr)
 
 ``config`` is a YAML path, a dict (the same keys as the YAML) or a
 :class:`~pactframe.config.MergeSpec`. ``registry`` lets embedded systems bring
@@ -15,10 +17,12 @@ their own components without installing entry points.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 
 from pactframe.config import MergeSpec, load_config, parse_config
@@ -75,6 +79,60 @@ def merge(
     return MergePipeline(spec, device=device).run(out, force=force, progress=progress)
 
 
+@attrs.frozen(eq=False)
+class MergeResult(Mapping[str, torch.Tensor]):
+    """What :func:`merge_state_dicts` returns.
+
+    ``state_dict``: the merged ``{name: CPU tensor}`` (the result also reads as that
+    mapping, so ``result[name]`` and ``model.load_state_dict(result)`` work);
+    ``report``: the merge report (the ``merge_report.json`` a file merge writes,
+    without shards); for a task-conditioned merge (EMR), ``task_state_dict(task)``
+    materialises task ``task``'s weights ``base + s_t * (m_t * (merged - base))``
+    (as ``pactframe materialize`` does on files).
+    """
+
+    state_dict: dict[str, torch.Tensor]
+    report: dict[str, Any]
+    task_names: tuple[str, ...]
+    _base: Any = attrs.field(repr=False)
+    _modulators: dict[str, tuple[tuple[torch.Tensor, ...], tuple[float, ...]]] = attrs.field(
+        repr=False
+    )
+
+    @property
+    def is_task_conditioned(self) -> bool:
+        return bool(self._modulators)
+
+    def task_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        """Task ``task``'s own state dict (equal to ``state_dict`` for a plain merge)."""
+        if task not in self.task_names:
+            raise InputError(
+                f"Unknown task {task!r}; this merge has tasks {list(self.task_names)}."
+            )
+        index = self.task_names.index(task)
+        out = {}
+        for key, merged in self.state_dict.items():
+            mod = self._modulators.get(key)
+            if mod is None:
+                out[key] = merged
+                continue
+            masks, scales = mod
+            work = torch.float64 if merged.dtype == torch.float64 else torch.float32
+            b = self._base.load(key).to(work)
+            delta = merged.to(work) - b
+            out[key] = (b + scales[index] * (masks[index].to(work) * delta)).to(merged.dtype)
+        return out
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.state_dict[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.state_dict)
+
+    def __len__(self) -> int:
+        return len(self.state_dict)
+
+
 def merge_state_dicts(
     base: StateLike,
     models: Mapping[str, StateLike] | Sequence[StateLike],
@@ -83,8 +141,9 @@ def merge_state_dicts(
     covariances: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     registry: Registry | None = None,
     device: str | None = None,
-) -> dict[str, torch.Tensor]:
-    """Merge in-memory state dicts (or ``nn.Module``s); return the merged state dict.
+) -> MergeResult:
+    """Merge in-memory state dicts (or ``nn.Module``s); return a :class:`MergeResult`
+    (the merged state dict, the report, and per-task state dicts for EMR).
 
     ``models`` maps task names to state dicts (a sequence gets names ``task0``,
     ``task1``...). ``config`` holds the recipe keys of a YAML config
@@ -125,5 +184,31 @@ def merge_state_dicts(
             for n in names
         ),
     )
-    state, _ = MergePipeline(spec, sources=sources, device=device).merge_to_dict()
-    return state
+    from pactframe.device import peak_device_bytes, peak_rss_bytes
+    from pactframe.report import build_report
+
+    started = time.perf_counter()
+    pipeline = MergePipeline(spec, sources=sources, device=device)
+    plan = pipeline.plan()
+    state: dict[str, torch.Tensor] = {}
+    entries = []
+    modulators = {}
+    for result in pipeline.results():
+        state[result.plan.name] = result.tensor
+        entries.append(result.report)
+        m = result.merged
+        if m is not None and m.is_task_conditioned:
+            assert m.task_masks is not None and m.task_scales is not None
+            masks = tuple(mask.to("cpu", torch.bool) for mask in m.task_masks)
+            modulators[result.plan.name] = (masks, tuple(float(x) for x in m.task_scales))
+    pipeline.timings["total_s"] = time.perf_counter() - started
+    report = build_report(
+        pipeline,
+        plan,
+        entries,
+        peak_rss=peak_rss_bytes(),
+        peak_device=peak_device_bytes(pipeline.device),
+        modulators=None,
+        shards=[],
+    )
+    return MergeResult(state, report, names, sources.base, modulators)

@@ -54,8 +54,12 @@ TOP_KEYS = (
     "seed",
     "output",
     "prefetch",
+    "vocab",
+    "input_dtype",
 )
-MODEL_KEYS = ("name", "path", "covariance")
+MODEL_KEYS = ("name", "path", "covariance", "weight")
+VOCAB_MODES = ("base", "union")
+INPUT_DTYPE_MODES = ("same", "cast")
 RULE_KEYS = ("match", "merger", "preprocessors", "exclude")
 OUTPUT_KEYS = ("dtype", "shard_size", "copy_files")
 DEFAULT_FALLBACK = "average"
@@ -66,10 +70,12 @@ MERGEKIT_HINTS = {
     "merge_method": "merger",
     "dtype": "output.dtype (or compute_dtype)",
     "out_dtype": "output.dtype",
-    "parameters": "the merger's own keys, e.g. merger: {name: ties, density: 0.2}",
+    "parameters": "the merger's own keys, e.g. merger: {name: ties, keep_fraction: 0.2} "
+    "(mergekit's density), with per-model weights as models[].weight",
     "slices": "rules (per tensor-name pattern)",
-    "tokenizer_source": "nothing: tokenizer files are copied from the base folder",
+    "tokenizer_source": "vocab: base or vocab: union",
     "model": "path",
+    "density": "the merger's keep_fraction (ties) or dare's drop_probability = 1 - density",
 }
 
 
@@ -84,11 +90,13 @@ class ConfigProblems(ConfigError):
 
 @attrs.frozen
 class ModelSpec:
-    """One fine-tuned model: its task name, checkpoint path and optional covariance file."""
+    """One fine-tuned model: its task name, checkpoint path, optional covariance file
+    and optional weight (for mergers whose method defines per-model weights)."""
 
     name: str
     path: Path
     covariance: Path | None = None
+    weight: float | None = None
 
 
 @attrs.frozen
@@ -145,10 +153,20 @@ class MergeSpec:
     output: OutputSpec = OutputSpec()
     prefetch: int = 1
     source: Path | None = None
+    vocab: str | None = None
+    input_dtype: str = "same"
+    notes: tuple[str, ...] = ()
 
     @property
     def task_names(self) -> tuple[str, ...]:
         return tuple(m.name for m in self.models)
+
+    @property
+    def task_weights(self) -> tuple[float, ...] | None:
+        """Per-model weights (``1.0`` where unset), or ``None`` when no model sets one."""
+        if all(m.weight is None for m in self.models):
+            return None
+        return tuple(1.0 if m.weight is None else float(m.weight) for m in self.models)
 
     def route(self, name: str) -> tuple[str, RecipeSpec | None]:
         """``(label, recipe)`` for tensor ``name``; ``recipe`` is ``None`` when a rule
@@ -172,6 +190,7 @@ class MergeSpec:
                     "name": m.name,
                     "path": str(m.path),
                     **({"covariance": str(m.covariance)} if m.covariance else {}),
+                    **({"weight": m.weight} if m.weight is not None else {}),
                 }
                 for m in self.models
             ],
@@ -191,6 +210,8 @@ class MergeSpec:
             "seed": self.seed,
             "output": attrs.asdict(self.output),
             "prefetch": self.prefetch,
+            **({"vocab": self.vocab} if self.vocab is not None else {}),
+            **({"input_dtype": self.input_dtype} if self.input_dtype != "same" else {}),
         }
 
 
@@ -198,15 +219,30 @@ class MergeSpec:
 def load_config(
     path: str | os.PathLike[str], *, registry: Registry | None = None, check_files: bool = True
 ) -> MergeSpec:
-    """Read a YAML file and parse it (relative paths resolve against its folder)."""
-    data = read_yaml(path)
-    return parse_config(
+    """Read a YAML file and parse it (relative paths resolve against its folder).
+
+    A mergekit config (one with ``merge_method``) is converted first
+    (:mod:`pactframe.mergekit_compat`); the conversion's notes land in ``spec.notes``."""
+    data, notes = read_config_data(path)
+    spec = parse_config(
         data,
         registry=registry,
         base_dir=Path(path).parent,
         source=Path(path),
         check_files=check_files,
     )
+    return attrs.evolve(spec, notes=notes) if notes else spec
+
+
+def read_config_data(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
+    """``(config mapping, notes)`` of a YAML file; a mergekit config is converted."""
+    from pactframe.mergekit_compat import convert_mergekit, is_mergekit_config
+
+    data = read_yaml(path)
+    if is_mergekit_config(data):
+        converted = convert_mergekit(data, base_dir=Path(path).parent, source=str(path))
+        return converted.config, converted.notes
+    return data, ()
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
@@ -383,6 +419,21 @@ class _Parser:
                 f"prefetch: must be an int in [0, 8] (tensor names read ahead); got {prefetch!r}."
             )
         output = self.output(data.get("output"))
+        vocab = data.get("vocab")
+        if vocab is not None and vocab not in VOCAB_MODES:
+            self.problem(
+                f"vocab: must be 'base' (keep the base's embedding rows) or 'union' (keep "
+                f"the rows the fine-tunes' tokenizers add); got {vocab!r}."
+            )
+        input_dtype = data.get("input_dtype", "same")
+        if input_dtype not in INPUT_DTYPE_MODES:
+            self.problem(
+                f"input_dtype: must be 'same' (inputs must share one dtype) or 'cast' (cast "
+                f"every input to compute_dtype); got {input_dtype!r}."
+            )
+        self.check_model_count(recipe, rules, len(models))
+        if any(m.weight is not None for m in models):
+            self.check_weights(recipe, rules, fallback)
         if self.problems:
             return None
         assert base is not None and recipe is not None  # else a problem was recorded
@@ -399,7 +450,42 @@ class _Parser:
             output=output,
             prefetch=prefetch,
             source=source,  # type: ignore[arg-type]
+            vocab=vocab,
+            input_dtype=input_dtype,
         )
+
+    def check_model_count(self, recipe: Any, rules: Sequence[RuleSpec], count: int) -> None:
+        """Mergers that take an exact number of models (slerp: one) get that many."""
+        mergers = [recipe.merger] if recipe is not None else []
+        mergers += [r.recipe.merger for r in rules if r.recipe is not None]
+        for m in mergers:
+            exact = getattr(m, "exact_models", None)
+            if exact is not None and count and count != exact:
+                self.problem(
+                    f"merger {m.name!r} takes exactly {exact} fine-tuned model(s) besides the "
+                    f"base; models lists {count}. List {exact}, or use linear / "
+                    "task_arithmetic to merge more."
+                )
+
+    def check_weights(self, recipe: Any, rules: Sequence[RuleSpec], fallback: Any) -> None:
+        """Per-model weights need mergers whose method defines them."""
+        mergers = [("merger", recipe.merger if recipe is not None else None)]
+        mergers += [(f"rule {r.match!r}", r.recipe.merger) for r in rules if r.recipe]
+        mergers.append(("fallback", fallback))
+        refused = sorted(
+            {
+                f"{where}: {m.name}"
+                for where, m in mergers
+                if m is not None and not getattr(m, "accepts_weights", False)
+            }
+        )
+        if refused:
+            self.problem(
+                "models[].weight is set, but these mergers have no notion of per-model weight: "
+                f"{'; '.join(refused)}. The weighted methods are linear, average, "
+                "task_arithmetic and ties (see docs/config.md); remove the weights or pick "
+                "one of those mergers."
+            )
 
     def models(self, value: Any) -> tuple[ModelSpec, ...]:
         if not isinstance(value, list) or not value:
@@ -429,12 +515,23 @@ class _Parser:
             if "path" not in entry:
                 self.problem(f"{where} ({name}): 'path' is required.")
                 continue
+            weight = entry.get("weight")
+            if weight is not None and (
+                isinstance(weight, bool)
+                or not isinstance(weight, (int, float))
+                or weight != weight
+                or abs(weight) == float("inf")
+            ):
+                self.problem(f"{where} ({name}).weight: must be a finite number; got {weight!r}.")
+                continue
             path = self.path(f"{where} ({name}).path", entry["path"])
             cov = None
             if entry.get("covariance") is not None:
                 cov = self.path(f"{where} ({name}).covariance", entry["covariance"])
             if path is not None:
-                out.append(ModelSpec(name, path, cov))
+                out.append(
+                    ModelSpec(name, path, cov, None if weight is None else float(weight))
+                )
         names = [m.name for m in out]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

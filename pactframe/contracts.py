@@ -150,6 +150,13 @@ class Merger(Component):
 
     kind: ClassVar[str] = "merger"
     needs_prepass: ClassVar[bool] = False
+    #: True when the method defines per-model weights (``LayerBundle.task_weights``,
+    #: from ``models[].weight``); a config with weights and a merger without them
+    #: is refused.
+    accepts_weights: ClassVar[bool] = False
+    #: the exact number of fine-tuned models the method takes (``None``: any);
+    #: slerp takes one. The config parser refuses other counts.
+    exact_models: ClassVar[int | None] = None
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
         """Whole-model statistics for two-pass mergers (default: none)."""

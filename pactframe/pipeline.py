@@ -90,6 +90,8 @@ class MergePipeline:
         self.compute_dtype = COMPUTE_DTYPES[spec.compute_dtype]
         self._sources = sources
         self._plan: MergePlan | None = None
+        self._vocab_checked = False
+        self.vocab: Any = None  # a pactframe.vocab.VocabResult once the sources are opened
         if spec.fallback is not None and needs_prepass(spec.fallback):
             raise ConfigError(
                 f"fallback: {spec.fallback.name!r} is a two-pass merger; the fallback must "
@@ -118,6 +120,11 @@ class MergePipeline:
             if problems:
                 raise ConfigProblems(problems, "the checkpoints")
             self._sources = sources
+        if not self._vocab_checked:  # added-token rows (vocab: base | union), see pactframe.vocab
+            from pactframe.vocab import apply_vocab
+
+            self._sources, self.vocab = apply_vocab(self.spec, self._sources)
+            self._vocab_checked = True
         return self._sources  # type: ignore[return-value]
 
     def plan(self) -> MergePlan:
@@ -165,6 +172,7 @@ class MergePipeline:
             covs,
             seed=derive_seed(self.spec.seed, t.name),
             input_axis=t.input_axis,
+            task_weights=self.spec.task_weights,
         )
 
     def _stream(self, tensors: list[TensorPlan]) -> Iterator[tuple[TensorPlan, _Inputs]]:
@@ -311,7 +319,7 @@ class MergePipeline:
         on_tensor: Callable[[TensorResult], None] | None = None,
     ) -> dict[str, Any]:
         """Merge into the folder ``out`` atomically; return the merge report."""
-        from pactframe.report import build_report, model_card
+        from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
 
         started = time.perf_counter()
         plan = self.plan()  # every check happens before the output folder is touched
@@ -354,6 +362,8 @@ class MergePipeline:
             if self.spec.output.copy_files and self.spec.base.is_dir():
                 for path in non_weight_files(self.spec.base):
                     w.copy_file(path)
+            if self.vocab is not None:  # vocab: union writes matching tokenizer files
+                self.vocab.write_files(w)
             self.timings["total_s"] = time.perf_counter() - started
             report = build_report(
                 self,
@@ -366,6 +376,7 @@ class MergePipeline:
             )
             w.add_file(REPORT_FILE, json.dumps(report, indent=2) + "\n")
             w.add_file("README.md", model_card(report))
+            w.add_file(CONFIG_FILE, config_yaml(report))
             w.commit()
         return report
 

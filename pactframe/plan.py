@@ -17,6 +17,7 @@ Routing of one tensor:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +71,7 @@ class MergePlan:
     task_names: tuple[str, ...]
     compute_dtype: torch.dtype
     prefetch: int
+    notes: tuple[str, ...] = ()  # said once in the report (e.g. inputs cast to compute_dtype)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -130,9 +132,20 @@ class MergePlan:
         return "\n".join(lines)
 
 
-def check_sources(spec_tasks: Sequence[str], sources: Sources) -> list[str]:
-    """Key sets, shapes, dtypes and covariance shapes; every problem, naming file and tensor."""
+def check_sources(
+    spec_tasks: Sequence[str],
+    sources: Sources,
+    *,
+    input_dtype: str = "same",
+    notes: list[str] | None = None,
+) -> list[str]:
+    """Key sets, shapes, dtypes and covariance shapes; every problem, naming file and tensor.
+
+    Float inputs in different dtypes are one problem listing the dtypes per model,
+    or, with ``input_dtype="cast"``, one note appended to ``notes``."""
     problems: list[str] = []
+    dtype_mismatch: dict[str, Counter[tuple[str, str]]] = {}
+    dtype_examples: dict[str, list[str]] = {}
     base = sources.base
     base_keys = base.keys()
     base_set = set(base_keys)
@@ -157,15 +170,46 @@ def check_sources(spec_tasks: Sequence[str], sources: Sources) -> list[str]:
                 continue
             b, m = base.info(key), model.info(key)
             if b.shape != m.shape:
+                hint = ""
+                rows_added = len(b.shape) in (1, 2) and m.shape[0] > b.shape[0]
+                if rows_added and b.shape[1:] == m.shape[1:]:
+                    hint = (
+                        " If the fine-tune added tokens, set vocab: base (keep the base's rows) "
+                        "or vocab: union (keep the added rows; see docs/config.md)."
+                    )
                 problems.append(
                     f"tensor {key!r}: shape {list(m.shape)} in model {task!r} ({model.label}) "
-                    f"but {list(b.shape)} in the base ({base.label})."
+                    f"but {list(b.shape)} in the base ({base.label}).{hint}"
                 )
             elif b.dtype != m.dtype:
-                problems.append(
-                    f"tensor {key!r}: dtype {m.dtype_code} in model {task!r} ({model.label}) but "
-                    f"{b.dtype_code} in the base ({base.label}). Save both in one dtype."
+                if b.is_float and m.is_float:
+                    dtype_mismatch.setdefault(task, Counter())[(m.dtype_code, b.dtype_code)] += 1
+                    dtype_examples.setdefault(task, []).append(key)
+                else:
+                    problems.append(
+                        f"tensor {key!r}: dtype {m.dtype_code} in model {task!r} ({model.label}) "
+                        f"but {b.dtype_code} in the base ({base.label}). Save both in one dtype."
+                    )
+
+    if dtype_mismatch:
+        per_model = "; ".join(
+            f"model {task!r}: "
+            + ", ".join(
+                f"{n} tensor(s) {got} where the base has {want}" for (got, want), n in c.items()
+            )
+            + f" (e.g. {_preview(dtype_examples[task][:_SHOWN])})"
+            for task, c in dtype_mismatch.items()
+        )
+        if input_dtype == "cast":
+            if notes is not None:
+                notes.append(
+                    f"inputs in different float dtypes were cast to the compute dtype ({per_model})"
                 )
+        else:
+            problems.append(
+                f"the inputs differ in float dtype ({per_model}; the base is {base.label}). Set "
+                "input_dtype: cast to cast every input to compute_dtype, or save them in one dtype."
+            )
     for task, cov in zip(spec_tasks, sources.covariances):
         if cov is None:
             continue
@@ -216,6 +260,7 @@ def _meta_bundle(spec: MergeSpec, t: TensorPlan, compute: torch.dtype) -> LayerB
         covs,
         seed=derive_seed(spec.seed, t.name),
         input_axis=t.input_axis,
+        task_weights=spec.task_weights,
     )
 
 
@@ -227,7 +272,10 @@ def ask_supports(recipe: RecipeSpec, bundle: LayerBundle) -> str | None:
 
 def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list[str]]:
     """Check the sources and route every tensor; ``(plan, [])`` or ``(None, problems)``."""
-    problems = check_sources(spec.task_names, sources)
+    notes: list[str] = []
+    problems = check_sources(
+        spec.task_names, sources, input_dtype=spec.input_dtype, notes=notes
+    )
     if problems:
         return None, problems
     compute = COMPUTE_DTYPES[spec.compute_dtype]
@@ -304,7 +352,8 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
             tensors.append(probe)
     if problems:
         return None, problems
-    return MergePlan(tuple(tensors), spec.task_names, compute, spec.prefetch), []
+    plan = MergePlan(tuple(tensors), spec.task_names, compute, spec.prefetch, tuple(notes))
+    return plan, []
 
 
 def needs_prepass(component: Any) -> bool:

@@ -30,6 +30,16 @@ from pactframe.hookspecs import HOOK_FOR_KIND
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
+#: mergekit parameter names -> ours, quoted when a component gets one it lacks
+MERGEKIT_PARAMETER_HINTS = {
+    "density": "'keep_fraction' (ties; for dare it is drop_probability = 1 - density)",
+    "lambda": "'scaling'",
+    "weight": "a per-model key: models: [{name: ..., path: ..., weight: 0.5}]",
+    "int8_mask": "not needed (masks are boolean tensors; remove the key)",
+    "rescale": "dare's 'rescale'",
+}
+
+
 @attrs.frozen
 class RegistryEntry:
     """One registered component class and where it came from."""
@@ -135,9 +145,15 @@ class Registry:
         unknown = sorted(set(params) - {n for n, f in fields.items() if f.init})
         if unknown:
             known = sorted(n for n, f in fields.items() if f.init)
+            hints = "".join(
+                f" mergekit's {k!r} is {MERGEKIT_PARAMETER_HINTS[k]} here."
+                for k in unknown
+                if k in MERGEKIT_PARAMETER_HINTS
+            )
             raise InvalidParameterError(
                 f"{kind} {name!r} (from {entry.provider}) got unknown parameter(s) "
-                f"{', '.join(unknown)}. Its parameters are: {', '.join(known) or '(none)'}."
+                f"{', '.join(unknown)}.{hints} Its parameters are: "
+                f"{', '.join(known) or '(none)'}."
             )
         resolved = {}
         for key, value in params.items():

@@ -10,9 +10,12 @@ and peak memory. The model card summarises it for people.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import platform
+import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -24,6 +27,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from pactframe.plan import MergePlan
 
 REPORT_VERSION = 1
+CONFIG_FILE = "pactframe_config.yaml"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def build_report(
@@ -57,6 +62,11 @@ def build_report(
         "device": str(pipeline.device),
         "compute_dtype": spec.compute_dtype,
         "tasks": list(spec.task_names),
+        "notes": [
+            *spec.notes,
+            *plan.notes,
+            *(getattr(pipeline.vocab, "notes", ()) if getattr(pipeline, "vocab", None) else ()),
+        ],
         "summary": {
             "tensors": len(entries),
             "parameters": numel,
@@ -105,13 +115,48 @@ def _evaluator_means(entries: Sequence[dict[str, Any]]) -> dict[str, dict[str, f
     return {ev: {k: sum(v) / len(v) for k, v in d.items()} for ev, d in sums.items()}
 
 
+def hub_name(path: str) -> str:
+    """How a model folder is named in ``base_model``: the Hub id in its config.json's
+    ``_name_or_path`` when that looks like one (``org/name``), else the path as given."""
+    config = Path(path) / "config.json"
+    try:
+        name = json.loads(config.read_text()).get("_name_or_path", "")
+    except (OSError, ValueError, AttributeError):
+        name = ""
+    return name if isinstance(name, str) and _HUB_ID.match(name) else path
+
+
+def card_metadata(report: dict[str, Any]) -> dict[str, Any]:
+    """The Hugging Face model-card metadata (the YAML block the Hub reads);
+    ``library_name: transformers`` when the base folder has a ``config.json``."""
+    cfg = report["config"]
+    method = cfg["merger"]["name"]
+    bases = [hub_name(cfg["base"])] + [hub_name(m["path"]) for m in cfg["models"]]
+    unique = list(dict.fromkeys(bases))
+    meta: dict[str, Any] = {"base_model": unique}
+    if (Path(cfg["base"]) / "config.json").is_file():  # a transformers model folder
+        meta["library_name"] = "transformers"
+    meta["tags"] = ["merge", "pactframe", method]
+    return meta
+
+
+def config_yaml(report: dict[str, Any]) -> str:
+    """The resolved config as YAML (``pactframe_config.yaml`` in the output folder)."""
+    import yaml
+
+    header = "# The resolved pactframe config of this merge (pactframe merge FILE OUT reruns it).\n"
+    return header + yaml.safe_dump(report["config"], sort_keys=False)
+
+
 def model_card(report: dict[str, Any]) -> str:
-    """A Markdown summary of a merge report."""
+    """A Markdown summary of a merge report, with the Hub's metadata block and the recipe."""
+    import yaml
+
     cfg = report["config"]
     s = report["summary"]
     lines = [
         "---",
-        "tags: [merge, pactframe]",
+        yaml.safe_dump(card_metadata(report), sort_keys=False).rstrip(),
         "---",
         "",
         "# Merged model",
@@ -169,6 +214,19 @@ def model_card(report: dict[str, Any]) -> str:
             lines += [f"`{ev}`:", "", "| field | mean |", "|---|---|"]
             lines += [f"| {k} | {v:.4g} |" for k, v in sorted(values.items())]
             lines.append("")
+    if report.get("notes"):
+        lines += ["", "## Notes", ""]
+        lines += [f"- {n}" for n in report["notes"]]
+    lines += [
+        "",
+        "## Configuration",
+        "",
+        f"The resolved recipe (also in `{CONFIG_FILE}`):",
+        "",
+        "```yaml",
+        yaml.safe_dump(cfg, sort_keys=False).rstrip(),
+        "```",
+    ]
     lines += ["", "Every tensor's handler, records and diagnostics are in `merge_report.json`.", ""]
     return "\n".join(lines)
 

@@ -131,6 +131,9 @@ class LayerBundle:
             layouts such as GPT-2's ``Conv1D`` ``(d_in, d_out)``. Covariances are
             always ``(d_in, d_in)``; the pipeline sets this from the covariance
             file's layout metadata.
+        task_weights: ``None`` (every model weighs 1) or ``T`` per-model weights
+            from the config's ``models[].weight``; only mergers with
+            ``accepts_weights`` are ever given weights (see docs/config.md).
     """
 
     name: str
@@ -143,8 +146,14 @@ class LayerBundle:
     seed: int = 0
     records: tuple[Record, ...] = attrs.field(default=(), converter=_record_tuple)
     input_axis: int = 1
+    task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_tuple)
 
     def __attrs_post_init__(self) -> None:
+        if self.task_weights is not None and len(self.task_weights) != len(self.task_vectors):
+            raise InputError(
+                f"Tensor {self.name!r}: {len(self.task_weights)} task weights for "
+                f"{len(self.task_vectors)} task vectors."
+            )
         if self.input_axis not in (0, 1):
             raise InputError(
                 f"Tensor {self.name!r}: input_axis must be 0 or 1; got {self.input_axis!r}."
@@ -181,6 +190,13 @@ class LayerBundle:
     def finetuned(self, t: int) -> Tensor:
         """``theta_t = theta_0 + Delta_t`` for task index ``t``."""
         return self.base + self.task_vectors[t]
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The per-model weights, ``1.0`` each when the config gives none."""
+        if self.task_weights is None:
+            return (1.0,) * len(self.task_vectors)
+        return tuple(float(w) for w in self.task_weights)
 
     def covariance(self, t: int) -> Tensor | None:
         return None if self.covariances is None else self.covariances[t]

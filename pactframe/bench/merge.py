@@ -1,9 +1,9 @@
 """Merge in-memory state dicts through the real pipeline, keeping each tensor's
 :class:`~pactframe.types.MergedTensor` (the benchmark's merge step).
 
-:func:`pactframe.api.merge_state_dicts` returns only the merged weights; the
-benchmark also needs the merged *delta* (to sweep a merger's scaling, which
-multiplies it) and, for task-conditioned merges (EMR), each task's masks and
+:func:`pactframe.api.merge_state_dicts` returns the merged weights, the report
+and per-task state dicts; the benchmark also needs the merged *delta* (to sweep a
+merger's scaling, which multiplies it) and, for task-conditioned merges (EMR), each task's masks and
 scales. :func:`merge_in_memory` runs the same :class:`MergePipeline` on the
 same in-memory sources and collects the per-tensor results. ``pactframe demo``
 runs its final merges through the pipeline on files (:mod:`pactframe.bench.files`).

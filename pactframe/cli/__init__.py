@@ -16,6 +16,7 @@ from pactframe.errors import PactframeError
 
 COMMANDS: dict[str, str] = {
     "collect-covariance": "pactframe.cli.collect_cmd",
+    "convert": "pactframe.cli.convert_cmd",
     "merge": "pactframe.cli.merge_cmd",
     "validate": "pactframe.cli.validate_cmd",
     "diagnose": "pactframe.cli.diagnose_cmd",

@@ -54,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
             f"task-conditioned merge: `pactframe materialize {args.out} --task NAME DEST` writes "
             f"one task's model (tasks: {', '.join(report['tasks'])})"
         )
+    for note in report.get("notes", []):
+        print(f"note: {note}")
     print(f"report: {args.out}/merge_report.json, model card: {args.out}/README.md")
     return 0

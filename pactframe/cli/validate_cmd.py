@@ -18,12 +18,14 @@ def collect(config_path: str) -> tuple[object | None, list[str]]:
     (checked even when the recipe part of the config is wrong)."""
     from pathlib import Path
 
-    from pactframe.config import analyse_config, read_yaml
+    from pactframe.config import analyse_config, read_config_data
     from pactframe.plan import check_sources, make_plan
     from pactframe.sources import Sources
 
     found = analyse_config(
-        read_yaml(config_path), base_dir=Path(config_path).parent, source=Path(config_path)
+        read_config_data(config_path)[0],
+        base_dir=Path(config_path).parent,
+        source=Path(config_path),
     )
     problems = list(found.problems)
     if found.base is None or not found.models:
@@ -42,6 +44,9 @@ def collect(config_path: str) -> tuple[object | None, list[str]]:
     if found.spec is None:
         problems += check_sources([m.name for m in found.models], sources)
         return None, problems
+    from pactframe.vocab import apply_vocab
+
+    sources = apply_vocab(found.spec, sources)[0]
     plan, plan_problems = make_plan(found.spec, sources)
     return plan, problems + plan_problems
 

@@ -99,7 +99,13 @@ def test_dtype_mismatch(tmp_path):
     odd = dict(fts[0])
     odd["embed.weight"] = odd["embed.weight"].half()
     save_single(odd, paths[0])
-    _fails(tmp_path, _config(bp, paths), "'embed.weight'", "dtype F16", "F32 in the base")
+    _fails(
+        tmp_path,
+        _config(bp, paths),
+        "'embed.weight'",
+        "model 't0': 1 tensor(s) F16 where the base has F32",
+        "input_dtype: cast",
+    )
 
 
 def test_covariance_that_does_not_fit_its_tensor(tmp_path):

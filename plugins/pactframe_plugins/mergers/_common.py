@@ -64,6 +64,31 @@ def summed_task_vectors(bundle: LayerBundle) -> torch.Tensor:
     return total
 
 
+def weighted_task_sum(bundle: LayerBundle) -> torch.Tensor:
+    """``sum_t w_t Delta_t`` with the bundle's per-model weights (``models[].weight``);
+    exactly :func:`summed_task_vectors` when no weights are set."""
+    if bundle.task_weights is None:
+        return summed_task_vectors(bundle)
+    weights = bundle.weights
+    total = bundle.task_vectors[0].mul(weights[0]).contiguous()
+    for w, tv in zip(weights[1:], bundle.task_vectors[1:]):
+        total.add_(tv, alpha=w)
+    return total
+
+
+def weight_total(bundle: LayerBundle) -> float:
+    """``sum_t w_t`` (``T`` without weights); refuses a zero total, which no
+    normalised weighted mean can divide by."""
+    total = float(sum(bundle.weights))
+    if abs(total) < 1e-12:
+        raise InputError(
+            f"Tensor {bundle.name!r}: the models' weights {list(bundle.weights)} sum to 0; a "
+            "normalised weighted mean divides by that sum. Change the weights or set "
+            "normalize: false."
+        )
+    return total
+
+
 def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
     """Orthogonal polar factor ``u @ vh`` of ``matrix = u diag(s) vh`` (thin SVD).
 

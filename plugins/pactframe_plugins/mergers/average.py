@@ -11,7 +11,8 @@ from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     float_support_reason,
     require_float,
-    summed_task_vectors,
+    weight_total,
+    weighted_task_sum,
 )
 
 
@@ -28,9 +29,14 @@ class WeightAveraging(Merger):
     Shapes: any floating tensor shape; the delta has the base's shape. It is
     also the default ``fallback`` of the SVD-based mergers for non-matrix
     tensors (the authors' ``mean_t Delta_t``).
+
+    Per-model weights (``models[].weight``) give the weighted mean
+    ``scaling * sum_t w_t Delta_t / sum_t w_t`` (Wortsman et al.'s soup with
+    mixing coefficients); without weights every ``w_t = 1``.
     """
 
     name: ClassVar[str] = "average"
+    accepts_weights: ClassVar[bool] = True
 
     scaling: float = param(
         1.0, validator=real(), help="factor multiplying the MEAN of the task vectors"
@@ -41,7 +47,10 @@ class WeightAveraging(Merger):
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         require_float(bundle, self.name)
-        mean = summed_task_vectors(bundle).div_(len(bundle.task_vectors))
+        if bundle.task_weights is None:
+            mean = weighted_task_sum(bundle).div_(len(bundle.task_vectors))
+        else:
+            mean = weighted_task_sum(bundle).div_(weight_total(bundle))
         return MergedTensor(mean.mul_(self.scaling))
 
 

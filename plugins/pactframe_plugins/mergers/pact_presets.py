@@ -88,7 +88,13 @@ def pact_preset(class_name: str, name: str, backbone: type[Merger], doc: str) ->
         fields[f.name] = attrs.field(
             default=f.default, validator=f.validator, metadata=f.metadata, type=f.type
         )
-    body = {"name": name, "backbone": backbone, "__doc__": doc, "__module__": __name__}
+    body = {
+        "name": name,
+        "backbone": backbone,
+        "accepts_weights": backbone.accepts_weights,  # per-model weights reach the backbone
+        "__doc__": doc,
+        "__module__": __name__,
+    }
     cls = attrs.make_class(class_name, fields, bases=(PACTPreset,), frozen=True)
     for key, value in body.items():
         setattr(cls, key, value)

@@ -7,11 +7,12 @@ from typing import Any, ClassVar
 import attrs
 
 from pactframe import LayerBundle, MergedTensor, Merger, hookimpl, param
-from pactframe.validation import real
+from pactframe.validation import instance_of, real
 from pactframe_plugins.mergers._common import (
     float_support_reason,
     require_float,
-    summed_task_vectors,
+    weight_total,
+    weighted_task_sum,
 )
 
 
@@ -31,12 +32,23 @@ class TaskArithmetic(Merger):
     Default ``scaling = 0.3``: FusionBench's ``scaling_factor`` and the fixed
     value of the EMR/AdaMerging ViT scripts. The paper picks ``lambda`` on
     held-out validation data (grid 0..1); ``scaling = 1 / T`` is weight averaging.
+
+    Per-model weights (``models[].weight``, mergekit's ``weight``): ``delta =
+    lambda * sum_t w_t Delta_t``, divided by ``sum_t w_t`` when ``normalize`` is
+    true (mergekit's ``task_arithmetic`` and ``dare_linear``, whose ``normalize``
+    defaults to false as here). Without weights every ``w_t = 1``.
     """
 
     name: ClassVar[str] = "task_arithmetic"
+    accepts_weights: ClassVar[bool] = True
 
     scaling: float = param(
         0.3, validator=real(), help="lambda multiplying the SUM of the task vectors"
+    )
+    normalize: bool = param(
+        False,
+        validator=instance_of(bool, "a bool"),
+        help="divide the weighted sum by the sum of the weights (mergekit 'normalize')",
     )
 
     def supports(self, bundle: LayerBundle) -> str | None:
@@ -44,7 +56,10 @@ class TaskArithmetic(Merger):
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         require_float(bundle, self.name)
-        return MergedTensor(summed_task_vectors(bundle).mul_(self.scaling))
+        total = weighted_task_sum(bundle)
+        if self.normalize:
+            total.div_(weight_total(bundle))
+        return MergedTensor(total.mul_(self.scaling))
 
 
 @hookimpl

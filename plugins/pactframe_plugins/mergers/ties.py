@@ -175,9 +175,16 @@ class TIES(Merger):
     Knob mapping: ``keep_fraction`` = mergekit ``density`` = FusionBench
     ``threshold / 100`` (default 20 -> 0.2) = the code's ``topk20`` = 1 -
     MergeLM ``param_value_mask_rate``. Shapes: any floating tensor.
+
+    Per-model weights (``models[].weight``, as mergekit's ``ties``): the trim is
+    unchanged, then steps 2-3 use ``w_t hat_t``: ``gamma = sign(sum_t w_t hat_t)``,
+    ``A`` is where ``sign(w_t hat_t) = gamma``, and ``"mean"`` gives
+    ``sum_{t in A} w_t hat_t / sum_{t in A} w_t`` (1 where that sum is 0),
+    ``"sum"`` gives ``sum_{t in A} w_t hat_t``. All ``w_t = 1`` is the plain method.
     """
 
     name: ClassVar[str] = "ties"
+    accepts_weights: ClassVar[bool] = True
 
     scaling: float = param(
         1.0, validator=real(), help="lambda multiplying the merged vector (see 'disjoint')"
@@ -272,11 +279,35 @@ class TIES(Merger):
         tvs = bundle.task_vectors
         scratch = torch.empty(tvs[0].shape, dtype=tvs[0].dtype, device=tvs[0].device)
         keeps = self._trim_masks(bundle, state, scratch)
-        elected = elect_signs(tvs, keeps, scratch=scratch)
-        merged = disjoint_merge(tvs, keeps, elected, self.disjoint, scratch=scratch)
+        if bundle.task_weights is not None:
+            merged = self._weighted_merge(tvs, keeps, bundle.weights, scratch)
+        else:
+            elected = elect_signs(tvs, keeps, scratch=scratch)
+            merged = disjoint_merge(tvs, keeps, elected, self.disjoint, scratch=scratch)
         kept = [round(int(torch.count_nonzero(m)) / max(m.numel(), 1), 6) for m in keeps]
         record = Record(self.name, {"trim_scope": self.trim_scope, "kept_fraction": kept})
         return MergedTensor(merged.mul_(self.scaling), records=(record,))
+
+    def _weighted_merge(
+        self,
+        tvs: Sequence[torch.Tensor],
+        keeps: Sequence[torch.Tensor],
+        weights: Sequence[float],
+        scratch: torch.Tensor,
+    ) -> torch.Tensor:
+        """Elect and disjoint-merge on the weighted trimmed vectors ``w_t hat_t``."""
+        weighted = [tv * w for tv, w in zip(tvs, weights)]
+        elected = elect_signs(weighted, keeps, scratch=scratch)
+        zero = elected.new_zeros(())
+        total = torch.zeros_like(elected)
+        divisor = torch.zeros_like(elected)
+        for wtv, keep, w in zip(weighted, keeps, weights):
+            agree = torch.mul(wtv, elected, out=scratch).gt(0).logical_and_(keep)
+            total.add_(torch.where(agree, wtv, zero))
+            divisor.add_(agree.to(divisor.dtype), alpha=w)
+        if self.disjoint == "sum":
+            return total
+        return total.div_(divisor.masked_fill_(divisor == 0, 1.0))
 
 
 @hookimpl

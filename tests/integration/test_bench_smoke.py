@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 
 import torch
-
-from pactframe.bench.demo import run_demo
+from pactframe_bench.demo import run_demo
 
 REDUCED = {
     "recipe": {"pretrain_epochs": 1, "finetune_steps": 15, "covariance_examples": 128},

@@ -19,7 +19,6 @@ METHODS = ["task_arithmetic", "emr", "tsv_m", "pact+tsv_m", "pave+task_arithmeti
 
 
 def test_reduced_vision_small_merges_through_the_pipeline(tmp_path):
-    torch.manual_seed(0)
     logs: list[str] = []
     results = run_demo(
         tmp_path / "out", METHODS, suite_options={**REDUCED, "root": tmp_path / "cache"},

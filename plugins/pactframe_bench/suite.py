@@ -99,6 +99,11 @@ class LazyTaskModels(Mapping[str, Callable[[Any], torch.Tensor]]):
         return len(self._states)
 
 
+def linear_head(weights: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``features (B, d) -> logits (B, C)`` of a frozen head with rows ``weights (C, d)``."""
+    return lambda features: features @ weights.T
+
+
 def task_data(
     name: str,
     inputs: Any,

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from pactframe.errors import InputError
 from pactframe_bench.cache import recipe_dir, write_json
 from pactframe_bench.finetune import finetune
-from pactframe_bench.suite import SeedFolder, State, evaluate_state, seeded, task_data
+from pactframe_bench.suite import SeedFolder, State, evaluate_state, linear_head, seeded, task_data
 from pactframe_bench.text_data import TASK_NAMES, TextTask, build_text_tasks
 
 TEXT_RECIPE: dict[str, Any] = {
@@ -283,7 +283,7 @@ class TextSuite(SeedFolder):
                 task,
                 self.eval_batches(task, split),
                 self.labels(task, split),
-                (lambda f, h=self.heads[task]: f @ h.T),
+                linear_head(self.heads[task]),
                 None if individual is None else individual[task],
             )
             for task in self.task_names

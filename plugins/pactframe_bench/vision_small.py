@@ -39,7 +39,7 @@ from torch import nn
 from pactframe.errors import InputError
 from pactframe_bench.cache import recipe_dir, write_json
 from pactframe_bench.finetune import finetune
-from pactframe_bench.suite import SeedFolder, State, evaluate_state, seeded, task_data
+from pactframe_bench.suite import SeedFolder, State, evaluate_state, linear_head, seeded, task_data
 
 TASK_NAMES = ("rot90", "flip", "invert", "zoom", "blocks", "parity", "digits_rot180", "digits_mod3")
 
@@ -321,7 +321,7 @@ class VisionSmall(SeedFolder):
             task_data(
                 t,
                 *self.data[t][split],
-                (lambda f, h=self.heads[t]: f @ h.T),
+                linear_head(self.heads[t]),
                 None if individual is None else individual[t],
             )
             for t in self.task_names

@@ -125,7 +125,9 @@ def hooks() -> list[str]:
 def undocumented_hooks() -> list[str]:
     text = _docs_text()
     return [
-        f"the hook {hook} is named on no docs page" for hook in hooks() if not _mentioned(hook, text)
+        f"the hook {hook} is named on no docs page"
+        for hook in hooks()
+        if not _mentioned(hook, text)
     ]
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from pactframe_bench.demo import run_demo
 
 REDUCED = {

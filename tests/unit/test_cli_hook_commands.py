@@ -117,3 +117,17 @@ def test_a_broken_plugin_leaves_the_core_commands_working(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "pactframe: warning: plugin commands not loaded: Loading the" in err
     assert main(["plugins", "--kind", "merger"]) == 0
+
+
+def test_the_demo_writes_under_the_cache_unless_told_otherwise(monkeypatch, tmp_path):
+    import pactframe_bench.demo
+
+    calls = []
+    monkeypatch.setattr(
+        pactframe_bench.demo, "run_demo", lambda out, methods, **kw: calls.append((out, methods))
+    )
+    monkeypatch.setenv("PACTFRAME_CACHE", str(tmp_path / "cache"))
+    assert main(["demo", "--methods", "ties"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "mine")]) == 0
+    assert calls[0] == (tmp_path / "cache" / "demo", ["ties"])
+    assert calls[1][0] == tmp_path / "mine" and "pact+tsv_m" in calls[1][1]

@@ -56,3 +56,9 @@ HOOK_FOR_KIND: dict[str, str] = {
     "merger": "pactframe_register_mergers",
     "evaluator": "pactframe_register_evaluators",
 }
+
+
+@hookspec
+def pactframe_register_commands() -> list[object]:  # type: ignore[empty-body]
+    """Return ``pactframe`` CLI subcommands: objects (modules or classes) with ``name``,
+    ``help``, ``add_arguments(parser)`` and ``run(args) -> int`` (docs/cli.md)."""

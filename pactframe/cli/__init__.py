@@ -2,7 +2,8 @@
 
 Each subcommand lives in its own module of this package, exposing
 ``help: str``, ``add_arguments(parser)`` and ``run(args) -> int``; the table
-below maps command names to those modules (imported only when needed).
+below maps command names to those modules. Plugins add more through the
+``pactframe_register_commands`` hook (:mod:`pactframe.cli.hook_commands`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from pactframe.errors import PactframeError
+from pactframe.cli.hook_commands import hook_commands
+from pactframe.errors import PactframeError, PluginError
 
 COMMANDS: dict[str, str] = {
     "collect-covariance": "pactframe.cli.collect_cmd",
@@ -23,8 +25,6 @@ COMMANDS: dict[str, str] = {
     "materialize": "pactframe.cli.materialize_cmd",
     "example": "pactframe.cli.example_cmd",
     "plugins": "pactframe.cli.plugins_cmd",
-    "demo": "pactframe.cli.demo_cmd",
-    "bench": "pactframe.cli.bench_cmd",
 }
 
 
@@ -36,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"pactframe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in sorted(COMMANDS):
-        module = importlib.import_module(COMMANDS[name])
+    commands = {name: importlib.import_module(path) for name, path in COMMANDS.items()}
+    try:
+        commands.update(hook_commands(reserved=commands))
+    except PluginError as exc:  # a broken plugin must not take the core commands down
+        print(f"pactframe: warning: plugin commands not loaded: {exc}", file=sys.stderr)
+    for name in sorted(commands):
+        module = commands[name]
         p = sub.add_parser(name, help=module.help, description=module.help)
         module.add_arguments(p)
         p.set_defaults(_module=module)

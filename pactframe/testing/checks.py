@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pickle
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +21,8 @@ import torch
 
 from pactframe.contracts import CONTRACTS, Component, Decomposer, Evaluator, Merger, Preprocessor
 from pactframe.errors import InputError
+from pactframe.registry import _NAME_RE  # one definition of a valid component name
 from pactframe.types import Factorization, LayerBundle, MergedTensor
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _instance(component: type[Component] | Component) -> Component:

@@ -1,18 +1,17 @@
-"""Pieces of pactframe.bench against hand-worked or independent computations."""
+"""Pieces of pactframe_bench against hand-worked or independent computations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from pactframe.bench.cache import recipe_dir, recipe_key
-from pactframe.bench.finetune import linear_warmup_decay
-from pactframe.bench.merge import merge_in_memory
-from pactframe.bench.methods import reduced_methods, standard_methods
-from pactframe.bench.report import summarize
-from pactframe.bench.text_data import split_balanced
-from pactframe.bench.vision_small import view
+from pactframe_bench.cache import recipe_dir, recipe_key
+from pactframe_bench.finetune import linear_warmup_decay
+from pactframe_bench.merge import merge_in_memory
+from pactframe_bench.methods import reduced_methods, standard_methods
+from pactframe_bench.report import summarize
+from pactframe_bench.text_data import split_balanced
+from pactframe_bench.vision_small import view
 
 
 def test_recipe_key_ignores_key_order_and_sees_every_value(tmp_path):
@@ -163,8 +162,8 @@ class _CountingSuite:
 def test_compare_reuses_a_method_row_from_another_method_list_of_the_same_seed(tmp_path):
     """A method already compared (same recipe key) in another results file of the seed's
     folder is copied, not recomputed; a method never compared is computed."""
-    from pactframe.bench.compare import compare
-    from pactframe.bench.methods import Method
+    from pactframe_bench.compare import compare
+    from pactframe_bench.methods import Method
 
     ta = Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=(0.5, 1.0))
     avg = Method("average", {"name": "average"})
@@ -193,8 +192,9 @@ class _PeakedSuite(_CountingSuite):
 def test_scaling_sweep_goes_past_the_grid_top_while_the_best_is_there(tmp_path):
     """Grid (0.5, 1.0), optimum a = 3: the sweep extends x1.5 (1.5, 2.25, 3.375, 5.0625)
     and stops once the score drops; a stored row chosen at the grid top is recomputed."""
-    from pactframe.bench.compare import compare, tune_method
-    from pactframe.bench.methods import Method
+    from pactframe_bench.compare import compare, tune_method
+    from pactframe_bench.methods import Method
+
     from pactframe.registry import build_registry
 
     ta = Method("task_arithmetic", {"name": "task_arithmetic"}, scalings=(0.5, 1.0))
@@ -205,7 +205,7 @@ def test_scaling_sweep_goes_past_the_grid_top_while_the_best_is_there(tmp_path):
     assert tuned.chosen == {"scaling": 3.375}
 
     stale = {"rows": {"task_arithmetic": {"key": None}}, "zero_shot": {}, "individual": {}}
-    from pactframe.bench.cache import recipe_key, write_json
+    from pactframe_bench.cache import recipe_key, write_json
 
     key = recipe_key({"method": repr(ta)})
     stale["rows"]["task_arithmetic"] = {

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 
-import torch
-
-from pactframe.bench.demo import run_demo
+from pactframe_bench.demo import run_demo
 
 REDUCED = {
     "recipe": {"pretrain_epochs": 1, "finetune_steps": 15, "covariance_examples": 128},
@@ -20,7 +18,6 @@ METHODS = ["task_arithmetic", "emr", "tsv_m", "pact+tsv_m", "pave+task_arithmeti
 
 
 def test_reduced_vision_small_merges_through_the_pipeline(tmp_path):
-    torch.manual_seed(0)
     logs: list[str] = []
     results = run_demo(
         tmp_path / "out", METHODS, suite_options={**REDUCED, "root": tmp_path / "cache"},

@@ -12,6 +12,7 @@ the interpreter's own setuptools: ``--no-deps --no-build-isolation``).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -27,8 +28,17 @@ from pactframe.testing import check_component
 from pactframe.types import LayerBundle
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "thirdparty_plugin"
+CHECK_DOCS = Path(__file__).resolve().parents[2] / "docs" / "check_docs.py"
 DISTRIBUTION = "pactframe-example-median"
 MODULE = "pactframe_example_median"
+
+
+def load_check_docs():
+    spec = importlib.util.spec_from_file_location("check_docs", CHECK_DOCS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,6 +96,12 @@ def test_thirdparty_plugin_installs_lists_builds_merges_and_uninstalls(tmp_path,
         )
         merged = merger.merge(bundle)
         assert np.allclose(merged.delta.numpy(), 0.5 * np.median(deltas, axis=0), atol=1e-15)
+
+        # 4. the project's own docs checks stay green: they cover pactframe's components only
+        check_docs = load_check_docs()
+        assert "task_median" not in {e.name for e in check_docs.own_entries()}
+        assert "ties" in {e.name for e in check_docs.own_entries()}
+        assert check_docs.main() == 0
     finally:
         removed = pip("uninstall", "--yes", DISTRIBUTION)
         sys.modules.pop(MODULE, None)

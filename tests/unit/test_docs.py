@@ -5,9 +5,16 @@ every page linked, every link alive, every component and every hook documented).
 from __future__ import annotations
 
 import importlib.util
+import types
 from pathlib import Path
+from typing import ClassVar
 
+import attrs
 import pytest
+
+from pactframe import MergedTensor, Merger, hookimpl
+from pactframe.plugins import make_plugin_manager
+from pactframe.registry import Registry
 
 CHECKER = Path(__file__).resolve().parents[2] / "docs" / "check_docs.py"
 
@@ -35,6 +42,12 @@ def test_every_registered_component_is_named_in_the_docs(check_docs):
 
 def test_every_hook_is_named_in_the_docs(check_docs):
     assert check_docs.undocumented_hooks() == []
+
+
+def test_every_hookspec_is_checked(check_docs):
+    from pactframe.hookspecs import HOOK_FOR_KIND
+
+    assert set(HOOK_FOR_KIND.values()) | {"pactframe_register_commands"} <= set(check_docs.hooks())
 
 
 def test_the_core_pages_exist(check_docs):
@@ -93,3 +106,45 @@ def test_plugin_guide_example_is_the_fixture(check_docs):
     pyproject = (fixture / "pyproject.toml").read_text(encoding="utf-8")
     build_onwards = pyproject[pyproject.index("[build-system]") :]
     assert f"```toml\n{build_onwards}```" in guide
+
+
+@attrs.frozen
+class _UndocumentedMerger(Merger):
+    name: ClassVar[str] = "zz_undocumented_merger"
+
+    def merge(self, bundle, state=None):
+        return MergedTensor(sum(bundle.task_vectors))
+
+
+def _third_party_registry() -> Registry:
+    """The installed entry points plus a plugin object with a merger no page names."""
+    plugin = types.ModuleType("zz_third_party")
+
+    @hookimpl
+    def pactframe_register_mergers():
+        return [_UndocumentedMerger]
+
+    plugin.pactframe_register_mergers = pactframe_register_mergers  # type: ignore[attr-defined]
+    return Registry.from_plugin_manager(make_plugin_manager(plugins=[plugin]))
+
+
+def test_a_third_party_component_leaves_the_docs_checks_green(check_docs):
+    registry = _third_party_registry()
+    assert "zz_undocumented_merger" in registry.names("merger")
+    assert check_docs.undocumented_components(registry) == []
+    own = {e.name for e in check_docs.own_entries(registry)}
+    assert "zz_undocumented_merger" not in own and {"ties", "pact", "accuracy"} <= own
+
+
+def test_an_undocumented_builtin_is_still_reported(check_docs, monkeypatch):
+    text = check_docs._docs_text()
+    monkeypatch.setattr(check_docs, "_docs_text", lambda: text.replace("ties", "t-i-e-s"))
+    problems = check_docs.undocumented_components(_third_party_registry())
+    assert len(problems) == 1 and "the merger 'ties'" in problems[0]
+
+
+def test_no_own_component_at_all_is_a_problem(check_docs):
+    empty = Registry.from_plugin_manager(make_plugin_manager(load_entrypoints=False))
+    assert check_docs.undocumented_components(empty) == [
+        "no component of the 'pactframe' distribution is registered: install it"
+    ]

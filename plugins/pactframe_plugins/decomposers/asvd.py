@@ -7,15 +7,14 @@ from typing import ClassVar
 import attrs
 import torch
 
-from pactframe import Decomposer, Factorization, hookimpl, param
+from pactframe import Decomposer, hookimpl, param
 from pactframe.errors import InputError
-from pactframe.linalg import working_dtype
 from pactframe.validation import one_of, real
-from pactframe_plugins.decomposers._context_checks import covariance_for
+from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, Weighting
 
 
 @attrs.frozen
-class ActivationAwareSVD(Decomposer):
+class ActivationAwareSVD(CovarianceWeightedSVD):
     """ASVD: SVD of ``W S`` with ``S`` a diagonal activation scale, mapped back by ``S^-1``.
 
     Yuan et al., "ASVD: Activation-aware Singular Value Decomposition for
@@ -37,13 +36,12 @@ class ActivationAwareSVD(Decomposer):
     result does not depend on the activation scale) so dead channels stay
     invertible. ``alpha = 0.5`` is ASVD's default.
 
-    Shapes: ``W (d_out, d_in)``, ``covariance (d_in, d_in)``; returns
-    ``U (d_out, r)``, ``S (r,)`` (singular values of ``W S``), ``Vh (r, d_in)``
-    (not orthonormal). Computed in float64, returned in the working dtype.
+    Shapes, dtypes and checks as in
+    :class:`~pactframe_plugins.decomposers._context_svd.CovarianceWeightedSVD`;
+    ``S`` holds the singular values of ``W S``.
     """
 
     name: ClassVar[str] = "asvd"
-    requires_covariance: ClassVar[bool] = True
 
     alpha: float = param(
         0.5, validator=real(0.0, closed="left"), help="exponent of the activation scale (ASVD: 0.5)"
@@ -69,20 +67,9 @@ class ActivationAwareSVD(Decomposer):
             )
         return s + 1e-6 * top
 
-    def decompose(
-        self,
-        matrix: torch.Tensor,
-        rank: int | None = None,
-        *,
-        covariance: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Factorization:
-        c = covariance_for(self.name, matrix, covariance)
-        s = self.channel_scale(c)
-        U, S, Vh = torch.linalg.svd(matrix.to(torch.float64) * s, full_matrices=False)
-        out = working_dtype(matrix.dtype)
-        f = Factorization(U.to(out), S.to(out), (Vh / s).to(out), orthonormal=False)
-        return f if rank is None else f.truncate(rank)
+    def weighting(self, covariance: torch.Tensor) -> Weighting:
+        s = self.channel_scale(covariance)
+        return (lambda w: w * s), (lambda vh: vh / s)
 
 
 @hookimpl

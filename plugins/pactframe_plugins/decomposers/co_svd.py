@@ -7,14 +7,14 @@ from typing import ClassVar
 import attrs
 import torch
 
-from pactframe import Decomposer, Factorization, hookimpl, param
-from pactframe.linalg import damped_covariance, working_dtype
+from pactframe import Decomposer, hookimpl, param
+from pactframe.linalg import damped_covariance
 from pactframe.validation import one_of, real
-from pactframe_plugins.decomposers._context_checks import covariance_for
+from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, Weighting
 
 
 @attrs.frozen
-class ContextOrientedSVD(Decomposer):
+class ContextOrientedSVD(CovarianceWeightedSVD):
     """CO-SVD: SVD of ``W C``, with the right factor mapped back through ``C^-1``.
 
     Yang et al., "CorDA: Context-Oriented Decomposition Adaptation of Large
@@ -28,14 +28,12 @@ class ContextOrientedSVD(Decomposer):
     rank-``r`` truncation is the tail energy of ``W C_reg``:
     ``||(W - W_r) C_reg||_F^2 = sum_{j>r} S_j^2``.
 
-    Shapes: ``W (d_out, d_in)``, ``covariance (d_in, d_in)``; returns
-    ``U (d_out, r)``, ``S (r,)`` (singular values of ``W C_reg``),
-    ``Vh (r, d_in)`` (not orthonormal: ``orthonormal=False``). Computed in
-    float64, returned in the input's working dtype (float32 for half input).
+    Shapes, dtypes and checks as in
+    :class:`~pactframe_plugins.decomposers._context_svd.CovarianceWeightedSVD`;
+    ``S`` holds the singular values of ``W C_reg``.
     """
 
     name: ClassVar[str] = "co_svd"
-    requires_covariance: ClassVar[bool] = True
 
     damping: float = param(
         0.01,
@@ -53,23 +51,11 @@ class ContextOrientedSVD(Decomposer):
         help="stop when ||C_reg C_reg^-1 - I||_F < this",
     )
 
-    def decompose(
-        self,
-        matrix: torch.Tensor,
-        rank: int | None = None,
-        *,
-        covariance: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Factorization:
-        cov = covariance_for(self.name, matrix, covariance)
+    def weighting(self, covariance: torch.Tensor) -> Weighting:
         c_reg, inv, _ = damped_covariance(
-            cov, damping=self.damping, mode=self.damping_mode, tolerance=self.tolerance
+            covariance, damping=self.damping, mode=self.damping_mode, tolerance=self.tolerance
         )
-        w = matrix.to(torch.float64)
-        U, S, Vh = torch.linalg.svd(w @ c_reg, full_matrices=False)
-        out = working_dtype(matrix.dtype)
-        f = Factorization(U.to(out), S.to(out), (Vh @ inv).to(out), orthonormal=False)
-        return f if rank is None else f.truncate(rank)
+        return (lambda w: w @ c_reg), (lambda vh: vh @ inv)
 
 
 @hookimpl

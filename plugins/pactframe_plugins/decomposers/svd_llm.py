@@ -7,11 +7,10 @@ from typing import ClassVar
 import attrs
 import torch
 
-from pactframe import Decomposer, Factorization, hookimpl, param
+from pactframe import Decomposer, hookimpl, param
 from pactframe.errors import InputError
-from pactframe.linalg import working_dtype
 from pactframe.validation import real
-from pactframe_plugins.decomposers._context_checks import covariance_for
+from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, Weighting
 
 #: Ridge (relative to mean(diag C)) first tried when C is not numerically positive definite.
 _FIRST_JITTER = 1e-10
@@ -47,7 +46,7 @@ def whitening_factor(covariance: torch.Tensor, damping: float = 0.0) -> tuple[to
 
 
 @attrs.frozen
-class WhitenedSVD(Decomposer):
+class WhitenedSVD(CovarianceWeightedSVD):
     """SVD-LLM: SVD of ``W L`` with ``C = L L^T`` (Cholesky), mapped back by ``L^-1``.
 
     Wang et al., "SVD-LLM: Truncation-aware Singular Value Decomposition for
@@ -67,13 +66,12 @@ class WhitenedSVD(Decomposer):
     numerically positive definite gets the smallest ridge, from ``1e-10``
     upwards, that makes it so (see :func:`whitening_factor`).
 
-    Shapes: ``W (d_out, d_in)``, ``covariance (d_in, d_in)``; returns
-    ``U (d_out, r)``, ``S (r,)`` (singular values of ``W L``), ``Vh (r, d_in)``
-    (not orthonormal). Computed in float64, returned in the working dtype.
+    Shapes, dtypes and checks as in
+    :class:`~pactframe_plugins.decomposers._context_svd.CovarianceWeightedSVD`;
+    ``S`` holds the singular values of ``W L``.
     """
 
     name: ClassVar[str] = "svd_llm"
-    requires_covariance: ClassVar[bool] = True
 
     damping: float = param(
         0.0,
@@ -81,21 +79,12 @@ class WhitenedSVD(Decomposer):
         help="ridge eps*mean(diag C)*I added before Cholesky (0: exact C; grown only on failure)",
     )
 
-    def decompose(
-        self,
-        matrix: torch.Tensor,
-        rank: int | None = None,
-        *,
-        covariance: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Factorization:
-        c = covariance_for(self.name, matrix, covariance)
-        L, _ = whitening_factor(c, self.damping)
-        U, S, Vh = torch.linalg.svd(matrix.to(torch.float64) @ L, full_matrices=False)
-        right = torch.linalg.solve_triangular(L, Vh, upper=False, left=False)  # Vh L^-1
-        out = working_dtype(matrix.dtype)
-        f = Factorization(U.to(out), S.to(out), right.to(out), orthonormal=False)
-        return f if rank is None else f.truncate(rank)
+    def weighting(self, covariance: torch.Tensor) -> Weighting:
+        L, _ = whitening_factor(covariance, self.damping)
+        # Vh L^-1 by a triangular solve, never an explicit inverse
+        return (lambda w: w @ L), (
+            lambda vh: torch.linalg.solve_triangular(L, vh, upper=False, left=False)
+        )
 
 
 @hookimpl

@@ -33,9 +33,9 @@ from typing import Any
 
 import attrs
 
-from pactframe.bench.cache import read_json, recipe_dir, sha256_file, write_json
-from pactframe.bench.debian import unpacked_package
 from pactframe.errors import InputError
+from pactframe_bench.cache import read_json, recipe_dir, sha256_file, write_json
+from pactframe_bench.debian import unpacked_package
 
 DATA_VERSION = 2
 

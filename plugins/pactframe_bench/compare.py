@@ -21,11 +21,11 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.bench.cache import read_json, recipe_key, write_json
-from pactframe.bench.merge import merge_in_memory
-from pactframe.bench.methods import Method
-from pactframe.bench.suite import BuiltSuite
 from pactframe.registry import Registry, build_registry
+from pactframe_bench.cache import read_json, recipe_key, write_json
+from pactframe_bench.merge import merge_in_memory
+from pactframe_bench.methods import Method
+from pactframe_bench.suite import BuiltSuite
 
 
 def available(method: Method, registry: Registry) -> str | None:

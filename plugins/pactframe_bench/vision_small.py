@@ -18,8 +18,8 @@ fixed permutation), ``parity`` (plain MNIST, digit mod 2), ``digits_rot180``
 They need different first-layer features, so task vectors interfere.
 
 Heads: frozen prototype heads, the vision analogue of CLIP's zero-shot heads
-(BENCHMARK.md found frozen heads make merges discriminative, linear probes did
-not): row ``c`` is ``head_scale * normalize(mean of BASE embeddings of class c
+(in a prototype, frozen heads made merges discriminative and linear probes did
+not; docs/benchmarks.md): row ``c`` is ``head_scale * normalize(mean of BASE embeddings of class c
 on the task's train images)``, built before fine-tuning and never trained.
 Only the encoder is fine-tuned, so each task vector is the encoder's change and
 "zero-shot" means the base encoder with these heads.
@@ -36,15 +36,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pactframe.bench.cache import recipe_dir, write_json
-from pactframe.bench.finetune import finetune
-from pactframe.bench.suite import SeedFolder, State, evaluate_state
 from pactframe.errors import InputError
+from pactframe_bench.cache import recipe_dir, write_json
+from pactframe_bench.finetune import finetune
+from pactframe_bench.suite import SeedFolder, State, evaluate_state, linear_head, seeded, task_data
 
 TASK_NAMES = ("rot90", "flip", "invert", "zoom", "blocks", "parity", "digits_rot180", "digits_mod3")
 
 VISION_RECIPE: dict[str, Any] = {
-    "suite_version": 1,
+    # version 2: the encoder's initial weights come from init_seed (version 1 drew them
+    # from whatever state torch's global generator was in, so bases differed run to run)
+    "suite_version": 2,
+    "init_seed": 0,
     "hidden": [256, 256, 128],
     "pretrain_epochs": 4,
     "pretrain_lr": 1e-3,
@@ -178,7 +181,8 @@ class VisionSmall(SeedFolder):
         self.folder = self.root_folder / f"seed{seed}"
         self.folder.mkdir(parents=True, exist_ok=True)
         self.images = load_images()
-        self.model = MLPEncoder(self.recipe["hidden"])
+        with seeded(self.recipe["init_seed"]):
+            self.model = MLPEncoder(self.recipe["hidden"])
         self.data = {
             t: {s: view(t, *self.images[source(t)][s]) for s in ("train", "validation", "test")}
             for t in self.task_names
@@ -224,10 +228,11 @@ class VisionSmall(SeedFolder):
             )
 
     def _pretrain(self) -> State:
-        torch.manual_seed(0)
         x = torch.cat([self.images[s]["train"][0].reshape(-1, 784) for s in ("mnist", "digits")])
         y = torch.cat([self.images[s]["train"][1] for s in ("mnist", "digits")])
-        head = nn.Linear(self.recipe["hidden"][-1], 10)
+        with seeded(self.recipe["init_seed"]):  # the initial weights: recipe only
+            self.model = MLPEncoder(self.recipe["hidden"])
+            head = nn.Linear(self.recipe["hidden"][-1], 10)
         model = self.model
         model.train()
         g = torch.Generator().manual_seed(0)
@@ -312,20 +317,18 @@ class VisionSmall(SeedFolder):
 
     # ------------------------------------------------------------------ evaluation
     def _task_data(self, split: str, individual: Mapping[str, float] | None) -> list[Any]:
-        from pactframe_plugins.evaluators.accuracy import TaskData
-
         return [
-            TaskData(
+            task_data(
                 t,
                 *self.data[t][split],
-                (lambda f, h=self.heads[t]: f @ h.T),
+                linear_head(self.heads[t]),
                 None if individual is None else individual[t],
             )
             for t in self.task_names
         ]
 
     def evaluate_single(self, state: State, task: str, split: str) -> float:
-        data = [d for d in self._task_data(split, None) if d.name == task]
+        data = [d for d in self._task_data(split, None) if d["name"] == task]
         return float(evaluate_state(state, self.load, data, 1024)["mean_accuracy"])
 
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]:

@@ -3,7 +3,7 @@
 Each method is a merger plus optional preprocessors. ``scaling`` grids follow
 each merger's convention (SUM for Task Arithmetic, TIES, TSV-M, Iso-C,
 Iso-CTS; MEAN for averaging; EMR has no global scaling) and the authors'
-validation grids (ALGORITHMS.md secs. 3-8). Every merger's delta is
+validation grids (each merger's page under docs/mergers/ gives its paper). Every merger's delta is
 ``scaling * X`` with ``X`` independent of ``scaling`` (see each merger's
 docstring), so the benchmark merges once with ``scaling = 1`` and sweeps the
 scale on validation, then re-merges with the chosen value to time it.

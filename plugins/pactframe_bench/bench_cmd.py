@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+name = "bench"
 help = "build a benchmark suite (cached), compare merge methods over seeds, write table + plot"
 
 
@@ -21,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         default=None,
-        help="folder for table.md and plot.png (default ./pactframe-bench-SUITE)",
+        help="folder for table.md and plot.png (default: report-SUITE/ under the benchmark "
+        "cache, $PACTFRAME_CACHE or ~/.cache/pactframe/bench)",
     )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)"
@@ -44,12 +46,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pactframe.bench.methods import reduced_methods, standard_methods
-    from pactframe.bench.runner import run_suite, select_methods
+    from pactframe_bench.cache import cache_root
+    from pactframe_bench.methods import reduced_methods, standard_methods
+    from pactframe_bench.runner import run_suite, select_methods
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out or f"pactframe-bench-{args.suite}")
+    out = Path(args.out) if args.out else cache_root() / f"report-{args.suite}"
     table = reduced_methods() if args.reduced else standard_methods()
     options = {}
     if args.validation_examples:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+name = "demo"
 help = (
     "the main job: build (or reuse) the vision-small benchmark, merge it with seven methods "
     "through the pipeline on files, print the table and write a plot"
@@ -16,7 +17,10 @@ DEMO_METHODS = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", default="pactframe-demo", help="output folder (default ./pactframe-demo)"
+        "--out",
+        default=None,
+        help="output folder (default: demo/ under the benchmark cache, $PACTFRAME_CACHE or "
+        "~/.cache/pactframe/bench)",
     )
     parser.add_argument("--seed", type=int, default=0, help="fine-tuning seed (default 0)")
     parser.add_argument(
@@ -39,8 +43,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from pactframe.bench.demo import run_demo
+    from pactframe_bench.cache import cache_root
+    from pactframe_bench.demo import run_demo
 
     torch.set_num_threads(args.threads)
-    run_demo(Path(args.out), args.methods, seed=args.seed, log=lambda m: print(m, flush=True))
+    out = Path(args.out) if args.out else cache_root() / "demo"
+    run_demo(out, args.methods, seed=args.seed, log=lambda m: print(m, flush=True))
     return 0

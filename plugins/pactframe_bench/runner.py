@@ -7,22 +7,22 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pactframe.bench.cache import cache_root, read_json, recipe_key
-from pactframe.bench.compare import compare
-from pactframe.bench.methods import Method, standard_methods
-from pactframe.bench.report import markdown_table, plot, summarize
 from pactframe.errors import InputError
+from pactframe_bench.cache import cache_root, read_json, recipe_key
+from pactframe_bench.compare import compare
+from pactframe_bench.methods import Method, standard_methods
+from pactframe_bench.report import markdown_table, plot, summarize
 
 SUITES = ("vision-small", "text")
 
 
 def make_suite(name: str, seed: int, log: Callable[[str], None], **options: Any) -> Any:
     if name == "vision-small":
-        from pactframe.bench.vision_small import VisionSmall
+        from pactframe_bench.vision_small import VisionSmall
 
         return VisionSmall(seed=seed, log=log, **options)
     if name == "text":
-        from pactframe.bench.text import TextSuite
+        from pactframe_bench.text import TextSuite
 
         return TextSuite(seed=seed, log=log, **options)
     raise InputError(f"Unknown benchmark suite {name!r}; choose one of {list(SUITES)}.")

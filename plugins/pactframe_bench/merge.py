@@ -6,7 +6,7 @@ and per-task state dicts; the benchmark also needs the merged *delta* (to sweep 
 merger's scaling, which multiplies it) and, for task-conditioned merges (EMR), each task's masks and
 scales. :func:`merge_in_memory` runs the same :class:`MergePipeline` on the
 same in-memory sources and collects the per-tensor results. ``pactframe demo``
-runs its final merges through the pipeline on files (:mod:`pactframe.bench.files`).
+runs its final merges through the pipeline on files (:mod:`pactframe_bench.files`).
 """
 
 from __future__ import annotations

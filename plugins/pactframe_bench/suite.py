@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 
-from pactframe.bench.cache import read_json
+from pactframe_bench.cache import read_json
 
 State = dict[str, torch.Tensor]
 
@@ -36,6 +38,19 @@ class BuiltSuite(Protocol):
     def evaluate(self, state: State | Mapping[str, State], split: str) -> Mapping[str, Any]: ...
 
     def individual_accuracy(self, split: str) -> dict[str, float] | None: ...
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block under ``torch.manual_seed(seed)``, restoring the caller's CPU RNG state after.
+
+    Every random construction of the suites (module initialisation, dropout) runs
+    inside one, so what a suite builds depends on its recipe and seed only, never on
+    what drew from torch's global generator before.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 class SeedFolder:
@@ -84,6 +99,41 @@ class LazyTaskModels(Mapping[str, Callable[[Any], torch.Tensor]]):
         return len(self._states)
 
 
+def linear_head(weights: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``features (B, d) -> logits (B, C)`` of a frozen head with rows ``weights (C, d)``."""
+    return lambda features: features @ weights.T
+
+
+def task_data(
+    name: str,
+    inputs: Any,
+    labels: torch.Tensor,
+    head: Callable[[torch.Tensor], torch.Tensor],
+    individual_accuracy: float | None,
+) -> dict[str, Any]:
+    """One task's data as the ``accuracy`` evaluator takes it (its mapping form)."""
+    return {
+        "name": name,
+        "inputs": inputs,
+        "labels": labels,
+        "head": head,
+        "individual_accuracy": individual_accuracy,
+    }
+
+
+@functools.cache
+def accuracy_evaluator(batch_size: int | None = None) -> Any:
+    """The registered model-level ``accuracy`` evaluator (built once per batch size).
+
+    Reached through the registry like any component, so the benchmark depends on
+    the built-in plugins only by name.
+    """
+    from pactframe.registry import build_registry
+
+    params = {} if batch_size is None else {"batch_size": batch_size}
+    return build_registry().create("evaluator", "accuracy", **params)
+
+
 def evaluate_state(
     state: State | Mapping[str, State],
     load: Callable[[State], Callable[[Any], torch.Tensor]],
@@ -92,12 +142,9 @@ def evaluate_state(
 ) -> Mapping[str, Any]:
     """The ``accuracy`` evaluator's data for one merged state, or for a mapping
     task -> state (a task-conditioned merge, loaded one task at a time)."""
-    from pactframe_plugins.evaluators.accuracy import Accuracy
-
     model: Any
     if state and all(isinstance(v, Mapping) for v in state.values()):
         model = LazyTaskModels(state, load)  # type: ignore[arg-type]
     else:
         model = load(state)  # type: ignore[arg-type]
-    accuracy = Accuracy() if batch_size is None else Accuracy(batch_size=batch_size)
-    return accuracy.evaluate_model(model, data)
+    return accuracy_evaluator(batch_size).evaluate_model(model, data)

@@ -44,7 +44,7 @@ from pactframe.progress import Progress
 from pactframe.registry import Registry
 from pactframe.seeding import derive_seed
 from pactframe.sources import Sources
-from pactframe.types import LayerBundle, MergedTensor
+from pactframe.types import LayerBundle, LowRank, MergedTensor
 
 REPORT_FILE = "merge_report.json"
 
@@ -54,7 +54,9 @@ class _Inputs:
     """CPU tensors of one name, as read."""
 
     base: torch.Tensor
-    finetuned: list[torch.Tensor]  # consumed (emptied) by _bundle to free memory early
+    # consumed (emptied) by _bundle to free memory early; an adapter gives its task
+    # vector instead: LowRank factors, or None for a zero task vector
+    finetuned: list[torch.Tensor | LowRank | None]
     covariances: tuple[torch.Tensor | None, ...] | None
     owned: bool = False  # True when the tensors are fresh buffers nobody else holds
 
@@ -140,7 +142,7 @@ class MergePipeline:
     def _read(self, t: TensorPlan) -> _Inputs:
         src = self.sources
         base = src.base.load(t.name)
-        fts = [m.load(t.name) for m in src.models] if t.handler != COPY else []
+        fts = [_read_task(m, t.name) for m in src.models] if t.handler != COPY else []
         covs = None
         if t.covariance_tasks and t.handler != COPY:
             covs = tuple(
@@ -156,6 +158,10 @@ class MergePipeline:
         owned = inputs.owned
         while inputs.finetuned:  # drop each fine-tuned tensor once its task vector exists
             ft = inputs.finetuned.pop(0)
+            if ft is None or isinstance(ft, LowRank):  # an adapter's task vector (docs/lora.md)
+                placed = None if ft is None else ft.map(lambda x: x.to(dev, dt))
+                tvs.append(torch.zeros_like(base) if placed is None else placed)
+                continue
             work = ft.to(dev, dt)
             if owned or work.data_ptr() != ft.data_ptr():
                 tvs.append(work.sub_(base))  # our own buffer: subtract in place
@@ -321,6 +327,11 @@ class MergePipeline:
         """Merge into the folder ``out`` atomically; return the merge report."""
         from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
 
+        if self.spec.output.format == "lora":  # a PEFT adapter instead of a model
+            from pactframe.lora import write_merged_adapter
+
+            bar0 = progress if isinstance(progress, Progress) else None
+            return write_merged_adapter(self, out, force=force, progress=bar0, on_tensor=on_tensor)
         started = time.perf_counter()
         plan = self.plan()  # every check happens before the output folder is touched
         self.timings["plan_s"] = time.perf_counter() - started
@@ -387,6 +398,18 @@ class MergePipeline:
             state[result.plan.name] = result.tensor
             entries.append(result.report)
         return state, entries
+
+
+def _read_task(model: Any, name: str) -> torch.Tensor | LowRank | None:
+    """A fine-tuned tensor, or from a LoRA adapter source its factored task vector
+    (``LowRank``) or ``None`` where the adapter leaves the tensor as in the base."""
+    if hasattr(model, "load_factors"):
+        factors = model.load_factors(name)
+        if factors is not None:
+            return factors
+        if model.untouched(name):
+            return None
+    return model.load(name)
 
 
 def _jsonable(value: Any) -> Any:

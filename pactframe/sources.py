@@ -143,6 +143,20 @@ class DictCovarianceSource:
         return self.covs[key].detach().to("cpu")
 
 
+def _open_model(m: Any, base: Any) -> Any:
+    """A fine-tuned checkpoint, or a LoRA adapter folder (``type: lora``, or ``auto`` and
+    the folder has ``adapter_config.json``) read on top of ``base`` (docs/lora.md)."""
+    from pactframe.lora import LoraAdapterSource, is_adapter_dir
+
+    role = f"model {m.name!r}"
+    kind = getattr(m, "type", "auto")
+    if kind == "lora" or (kind == "auto" and is_adapter_dir(m.path)):
+        if base is None:
+            raise CheckpointError(f"{role}: a LoRA adapter needs a readable base model.")
+        return LoraAdapterSource(m.path, base, role)
+    return FileTensorSource(m.path, role)
+
+
 @attrs.frozen(eq=False)
 class Sources:
     """The base, the T fine-tuned models (in task order) and their covariances."""
@@ -163,7 +177,7 @@ class Sources:
         opened, covs = [], []
         for m in models:
             try:
-                opened.append(FileTensorSource(m.path, f"model {m.name!r}"))
+                opened.append(_open_model(m, opened_base))
             except CheckpointError as exc:
                 problems.append(str(exc))
             cov = None

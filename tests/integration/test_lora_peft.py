@@ -1,0 +1,296 @@
+"""LoRA adapters as tasks, checked against real PEFT adapters built offline on tiny
+generated transformers models (docs/lora.md)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+from pactframe.errors import CheckpointError, InputError  # noqa: E402
+from pactframe.lora import LoraAdapterSource, apply_adapter  # noqa: E402
+from pactframe.pipeline import MergePipeline  # noqa: E402
+from pactframe.sources import FileTensorSource  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def _llama(seed: int = 0) -> Any:
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+    )
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _gpt2(seed: int = 0) -> Any:
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(
+        vocab_size=64, n_embd=32, n_layer=1, n_head=4, n_positions=16, bos_token_id=0,
+        eos_token_id=0,
+    )
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def _adapter(make_base: Any, folder: Path, seed: int, **lora: Any) -> dict[str, torch.Tensor]:
+    """Save a randomly initialised PEFT LoRA adapter; return PEFT's own merged weights."""
+    model = make_base()
+    pm = peft.get_peft_model(model, peft.LoraConfig(init_lora_weights=False, **lora))
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in pm.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    pm.save_pretrained(str(folder))
+    merged = pm.merge_and_unload()
+    return {k: v.detach().clone() for k, v in merged.state_dict().items()}
+
+
+LLAMA_ADAPTERS = {
+    "plain": dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"]),
+    "rslora": dict(
+        r=8,
+        lora_alpha=4,
+        use_rslora=True,
+        target_modules=["q_proj", "o_proj", "down_proj"],
+        modules_to_save=["lm_head"],
+    ),
+    "patterns": dict(
+        r=6,
+        lora_alpha=12,
+        target_modules=["q_proj", "k_proj", "gate_proj"],
+        rank_pattern={"k_proj": 2},
+        alpha_pattern={"layers.1.self_attn.q_proj": 3},
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: Any) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("lora_llama")
+    base = _llama()
+    base.save_pretrained(str(root / "base"))
+    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    merged = {}
+    for i, (name, cfg) in enumerate(LLAMA_ADAPTERS.items()):
+        merged[name] = _adapter(_llama, root / name, 10 + i, **cfg)
+        full = _llama()
+        full.load_state_dict(merged[name])
+        full.save_pretrained(str(root / f"full-{name}"))
+    return {"root": root, "base": base_sd, "merged": merged}
+
+
+@pytest.fixture(scope="module")
+def gpt2(tmp_path_factory: Any) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("lora_gpt2")
+    base = _gpt2()
+    base.save_pretrained(str(root / "base"))
+    base_sd = {k: v.detach().clone() for k, v in base.state_dict().items()}
+    merged = _adapter(
+        _gpt2, root / "fifo", 3, r=4, lora_alpha=16, target_modules=["c_attn", "c_fc"],
+        fan_in_fan_out=True,
+    )
+    return {"root": root, "base": base_sd, "merged": merged}
+
+
+def _check_task_vectors(root: Path, name: str, base_sd: dict, merged: dict) -> int:
+    base = FileTensorSource(root / "base", "base")
+    src = LoraAdapterSource(root / name, base)
+    checked = 0
+    for key in base.keys():
+        want = merged[key].double() - base_sd[key].double()
+        got = src.delta(key)
+        got = torch.zeros_like(want) if got is None else got.double()
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=f"{name}: {key}")
+        checked += int(src.load_factors(key) is not None)
+    return checked
+
+
+@pytest.mark.parametrize("name", sorted(LLAMA_ADAPTERS))
+def test_adapter_task_vectors_equal_peft_merged_minus_base(llama: dict, name: str) -> None:
+    """Per tensor, scale * B A (and modules_to_save) equals PEFT's merge_and_unload - base."""
+    n = _check_task_vectors(llama["root"], name, llama["base"], llama["merged"][name])
+    assert n >= 6  # the targets were read as factors, not all as zero
+
+
+def test_fan_in_fan_out_task_vectors_equal_peft(gpt2: dict) -> None:
+    """GPT-2 Conv1D layers (weight (d_in, d_out)): the delta is (B A)^T."""
+    assert _check_task_vectors(gpt2["root"], "fifo", gpt2["base"], gpt2["merged"]) == 2
+
+
+def _config(root: Path, models: list[str], merger: Any, **extra: Any) -> dict[str, Any]:
+    return {
+        "base": str(root / "base"),
+        "models": [{"name": m.replace("full-", ""), "path": str(root / m)} for m in models],
+        "merger": merger,
+        "device": "cpu",
+        "compute_dtype": "float32",
+        "fallback": "average",
+        **extra,
+    }
+
+
+def _merge(root: Path, models: list[str], merger: Any, **extra: Any) -> dict[str, torch.Tensor]:
+    pipe = MergePipeline.from_config(_config(root, models, merger, **extra))
+    state, _ = pipe.merge_to_dict()
+    return state
+
+
+MERGERS: list[Any] = [
+    "average",
+    "task_arithmetic",
+    "linear",
+    "ties",
+    "tsv_m",
+    "iso_c",
+    "iso_cts",
+    {"name": "emr"},
+]
+
+
+@pytest.mark.parametrize("merger", MERGERS, ids=lambda m: m if isinstance(m, str) else m["name"])
+def test_merge_of_adapters_equals_merge_of_materialised_fine_tunes(llama: dict, merger: Any) -> None:
+    """Three adapters merge exactly as their merge_and_unload checkpoints do (1e-5)."""
+    root = llama["root"]
+    names = sorted(LLAMA_ADAPTERS)
+    got = _merge(root, names, merger)
+    want = _merge(root, [f"full-{n}" for n in names], merger)
+    assert got.keys() == want.keys()
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_pact_on_adapters_equals_pact_on_fine_tunes(llama: dict) -> None:
+    """The PACT preprocessor (with TSV-M) on adapters equals it on the fine-tunes."""
+    root = llama["root"]
+    names = sorted(LLAMA_ADAPTERS)
+    extra = {"preprocessors": [{"name": "pact", "rank_fraction": 0.05}]}
+    got = _merge(root, names, "tsv_m", **extra)
+    want = _merge(root, [f"full-{n}" for n in names], "tsv_m", **extra)
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_adapters_and_full_fine_tunes_mix(llama: dict) -> None:
+    """One adapter and two full checkpoints in one merge equal three full checkpoints."""
+    root = llama["root"]
+    got = _merge(root, ["full-patterns", "plain", "full-rslora"], "task_arithmetic")
+    want = _merge(root, ["full-patterns", "full-plain", "full-rslora"], "task_arithmetic")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_merged_adapter_loads_in_peft_and_forward_matches(llama: dict, tmp_path: Path) -> None:
+    """output: {format: lora, rank: R} writes an adapter PEFT loads; its forward equals the
+    base with the rank-R truncation of every merged target delta (and lm_head whole)."""
+    root = llama["root"]
+    names = sorted(LLAMA_ADAPTERS)
+    rank = 3
+    full = _merge(root, names, "task_arithmetic")
+    cfg = _config(root, names, "task_arithmetic", output={"format": "lora", "rank": rank})
+    report = MergePipeline.from_config(cfg).run(tmp_path / "merged")
+    errors = report["lora_output"]["relative_truncation_error"]
+    assert len(errors) == report["lora_output"]["target_modules"] > 0
+    assert any(e > 1e-3 for e in errors.values())  # rank 3 < the summed ranks: truncated
+
+    base_sd = llama["base"]
+    expected = {}
+    targets = json.loads((tmp_path / "merged" / "adapter_config.json").read_text())[
+        "target_modules"
+    ]
+    for key, w0 in base_sd.items():
+        module = key[: -len(".weight")]
+        if module in targets:
+            d = (full[key].double() - w0.double())
+            U, S, Vh = torch.linalg.svd(d, full_matrices=False)
+            dr = (U[:, :rank] * S[:rank]) @ Vh[:rank]
+            want_err = float(torch.linalg.vector_norm(S[rank:]) / torch.linalg.vector_norm(S))
+            assert errors[module] == pytest.approx(want_err, abs=1e-6)
+            expected[key] = (w0.double() + dr).float()
+        elif key.startswith("lm_head."):
+            expected[key] = full[key]
+        else:
+            expected[key] = w0
+    reference = _llama()
+    reference.load_state_dict(expected)
+    model = peft.PeftModel.from_pretrained(_llama(), str(tmp_path / "merged")).eval()
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
+
+
+def test_apply_adapter_builds_the_fine_tuned_model(llama: dict) -> None:
+    """apply_adapter(base model, folder) gives PEFT's merged weights (for covariances)."""
+    model = _llama()
+    apply_adapter(model, llama["root"] / "rslora")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, llama["merged"]["rslora"][key], atol=1e-6, rtol=0)
+
+
+def _write_adapter(folder: Path, config: dict[str, Any], tensors: dict | None = None) -> Path:
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    save_file(tensors or {}, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ({"peft_type": "LORA", "r": 4, "use_dora": True}, "DoRA"),
+        ({"peft_type": "IA3"}, "IA3"),
+        ({"peft_type": "PROMPT_TUNING"}, "PROMPT_TUNING"),
+        ({"peft_type": "LOHA"}, "LOHA"),
+    ],
+)
+def test_non_low_rank_variants_are_refused_by_name(
+    llama: dict, tmp_path: Path, config: dict, needle: str
+) -> None:
+    folder = _write_adapter(tmp_path / "bad", config)
+    base = FileTensorSource(llama["root"] / "base", "base")
+    with pytest.raises(CheckpointError, match=needle) as err:
+        LoraAdapterSource(folder, base, "model 'bad'")
+    assert "model 'bad'" in str(err.value)
+
+
+def test_adapter_for_another_base_is_a_clear_problem(llama: dict, tmp_path: Path) -> None:
+    folder = _write_adapter(
+        tmp_path / "other",
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 2},
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 16),
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(32, 2),
+        },
+    )
+    cfg = _config(llama["root"], ["plain"], "task_arithmetic")
+    cfg["models"].append({"name": "other", "path": str(folder)})
+    with pytest.raises(Exception, match=r"B A gives a \[32, 16\] delta"):
+        MergePipeline.from_config(cfg).plan()
+
+
+def test_lora_output_refuses_deltas_it_cannot_hold(llama: dict, tmp_path: Path) -> None:
+    """A full fine-tune changes tensors no adapter targets: the adapter output refuses,
+    and nothing is written."""
+    root = llama["root"]
+    cfg = _config(
+        root, ["plain", "full-rslora"], "task_arithmetic", output={"format": "lora", "rank": 2}
+    )
+    with pytest.raises(InputError, match="neither a LoRA target"):
+        MergePipeline.from_config(cfg).run(tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.iterdir())

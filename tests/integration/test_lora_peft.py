@@ -149,39 +149,62 @@ def _merge(root: Path, models: list[str], merger: Any, **extra: Any) -> dict[str
     return state
 
 
-MERGERS: list[Any] = [
-    "average",
-    "task_arithmetic",
-    "linear",
-    "ties",
+ELEMENTWISE: list[Any] = ["average", "task_arithmetic", "linear", "ties", {"name": "emr"}]
+SPECTRAL: list[Any] = [
     "tsv_m",
     "iso_c",
     "iso_cts",
-    {"name": "emr"},
+    {"name": "pact_tsv_m", "core_rank": 2, "task_rank": 2},
+    {"name": "pact_iso_c", "core_rank": 2, "task_rank": 2},
 ]
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-@pytest.mark.parametrize("merger", MERGERS, ids=lambda m: m if isinstance(m, str) else m["name"])
-def test_merge_of_adapters_equals_merge_of_materialised_fine_tunes(llama: dict, merger: Any) -> None:
-    """Three adapters merge exactly as their merge_and_unload checkpoints do (1e-5)."""
-    root = llama["root"]
-    names = sorted(LLAMA_ADAPTERS)
-    got = _merge(root, names, merger)
-    want = _merge(root, [f"full-{n}" for n in names], merger)
+@pytest.fixture(scope="module")
+def llama_dense(tmp_path_factory: Any) -> Path:
+    """Three rank-16 adapters on every linear layer: each task vector (also after PACT
+    removes at most 2 * 2 protected directions) has rank >= its TSV-M budget
+    (min(m, n) / 3) and their sum has full rank, so the spectral mergers' result is
+    defined by the task vectors alone (docs/lora.md, "Rank-deficient task vectors")."""
+    root = tmp_path_factory.mktemp("lora_llama_dense")
+    _llama().save_pretrained(str(root / "base"))
+    for i in range(3):
+        merged = _adapter(
+            _llama, root / f"a{i}", 20 + i, r=16, lora_alpha=24, target_modules=ALL_LINEAR,
+            use_rslora=i == 1,
+        )
+        full = _llama()
+        full.load_state_dict(merged)
+        full.save_pretrained(str(root / f"full-a{i}"))
+    return root
+
+
+def _assert_same_merge(root: Path, names: list[str], merger: Any, **extra: Any) -> None:
+    got = _merge(root, names, merger, **extra)
+    want = _merge(root, [f"full-{n}" for n in names], merger, **extra)
     assert got.keys() == want.keys()
     for key in want:
         torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0, msg=key)
 
 
-def test_pact_on_adapters_equals_pact_on_fine_tunes(llama: dict) -> None:
-    """The PACT preprocessor (with TSV-M) on adapters equals it on the fine-tunes."""
-    root = llama["root"]
-    names = sorted(LLAMA_ADAPTERS)
-    extra = {"preprocessors": [{"name": "pact", "rank_fraction": 0.05}]}
-    got = _merge(root, names, "tsv_m", **extra)
-    want = _merge(root, [f"full-{n}" for n in names], "tsv_m", **extra)
-    for key in want:
-        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0, msg=key)
+def _id(m: Any) -> str:
+    return m if isinstance(m, str) else m["name"]
+
+
+@pytest.mark.parametrize("merger", ELEMENTWISE, ids=_id)
+def test_merge_of_adapters_equals_merge_of_materialised_fine_tunes(llama: dict, merger: Any) -> None:
+    """Three adapters (different targets, ranks, rsLoRA, modules_to_save) merge exactly
+    as their merge_and_unload checkpoints do (1e-5, float32)."""
+    _assert_same_merge(llama["root"], sorted(LLAMA_ADAPTERS), merger)
+
+
+@pytest.mark.parametrize("merger", SPECTRAL, ids=_id)
+def test_spectral_merge_of_adapters_equals_merge_of_fine_tunes(
+    llama_dense: Path, merger: Any
+) -> None:
+    """TSV-M, Iso-C, Iso-CTS and PACT-TSVM on factored adapters equal the same merge of
+    the materialised fine-tunes (1e-5, float32)."""
+    _assert_same_merge(llama_dense, ["a0", "a1", "a2"], merger)
 
 
 def test_adapters_and_full_fine_tunes_mix(llama: dict) -> None:

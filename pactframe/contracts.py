@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe.types import Factorization, LayerBundle, MergedTensor
+from pactframe.types import Factorization, LayerBundle, LowRank, MergedTensor
 
 KINDS: tuple[str, ...] = ("decomposer", "preprocessor", "merger", "evaluator")
 
@@ -128,6 +128,26 @@ class Decomposer(Component):
         Half-precision input is computed in float32; the factors come back in
         the compute dtype (float32 or float64), on ``matrix``'s device.
         """
+
+    def decompose_low_rank(
+        self,
+        low_rank: LowRank,
+        rank: int | None = None,
+        *,
+        covariance: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Factorization:
+        """Factorize a factored matrix ``B @ A`` (a LoRA task vector, see docs/lora.md).
+
+        Same contract as :meth:`decompose`. This default materialises ``B @ A``
+        on the factors' device and calls :meth:`decompose`, so every decomposer
+        accepts factored input; ``exact_svd`` and ``randomized_svd`` override it
+        with the exact factored SVD (:meth:`LowRank.svd`: QR of both factors and
+        an ``r x r`` SVD), which lists at most ``r`` components.
+        """
+        return self.decompose(
+            low_rank.materialize(), rank, covariance=covariance, generator=generator
+        )
 
 
 class Preprocessor(Component):

@@ -148,6 +148,11 @@ class LowRank:
         """Apply ``fn`` (a device move or cast) to both factors."""
         return LowRank(fn(self.B), fn(self.A))
 
+    def squared_norm(self) -> float:
+        """``||B A||_F^2 = sum((B^T B) * (A A^T))``, without forming ``B A``."""
+        B, A = as_working(self.B), as_working(self.A)
+        return float(((B.transpose(0, 1) @ B) * (A @ A.transpose(0, 1))).sum().clamp_min(0.0))
+
     def transpose(self) -> LowRank:
         """``Delta^T = A^T B^T`` as factors."""
         return LowRank(self.A.transpose(0, 1), self.B.transpose(0, 1))

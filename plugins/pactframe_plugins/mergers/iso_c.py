@@ -9,6 +9,7 @@ import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import as_working
+from pactframe.types import LowRank
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     fallback_field,
@@ -29,6 +30,21 @@ def flat_spectrum(matrix: torch.Tensor) -> torch.Tensor:
     """
     U, S, Vh = torch.linalg.svd(as_working(matrix), full_matrices=False)
     return (S.mean() * (U @ Vh)).to(matrix.dtype)
+
+
+def flat_spectrum_low_rank(parts: list[LowRank], dtype: torch.dtype) -> torch.Tensor:
+    """:func:`flat_spectrum` of ``M = sum_t B_t A_t`` from the factors: ``M`` is the
+    factored ``[B_1 ... B_T] [A_1; ...; A_T]``, whose exact SVD (QR + small SVD,
+    :meth:`LowRank.svd`) lists its ``rank(M) <= sum_t r_t`` nonzero values; the mean
+    is over all ``min(m, n)`` values (the missing ones are zero), and ``U Vh`` spans
+    the range of ``M`` only. Equal to the dense result when ``M`` has full rank;
+    otherwise the dense ``U Vh`` also holds arbitrary zero-value directions."""
+    joint = LowRank(
+        torch.cat([p.B for p in parts], dim=1), torch.cat([p.A for p in parts], dim=0)
+    )
+    f = joint.svd()
+    mean = f.S.sum() / min(joint.shape)
+    return (mean * (f.U @ f.Vh)).to(dtype)
 
 
 @attrs.frozen
@@ -69,8 +85,14 @@ class IsoC(Merger):
         require_float(bundle, self.name)
         if not bundle.is_matrix:
             return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
-        summed = stacked_task_vectors(bundle).sum(dim=0)
-        delta = self.scaling * flat_spectrum(summed)
+        factored = bundle.factored_task_vectors
+        if all(f is not None for f in factored):  # LoRA task vectors: stay factored
+            delta = self.scaling * flat_spectrum_low_rank(
+                [f for f in factored if f is not None], bundle.base.dtype
+            )
+        else:
+            summed = stacked_task_vectors(bundle).sum(dim=0)
+            delta = self.scaling * flat_spectrum(summed)
         return MergedTensor(delta, records=(Record(self.name, {"rule": "iso_c"}),))
 
 

@@ -69,6 +69,13 @@ class TSVM(Merger):
     of rank below its budget makes its trailing singular vectors arbitrary
     (LAPACK-dependent) and they do enter the polar factor, as in the original.
     Cost: ``T + 2`` exact SVDs per matrix.
+
+    Factored task vectors (LoRA adapters, ``bundle.factored_task_vectors``) are
+    decomposed from their factors (QR + ``r x r`` SVD, exact); such a task lists
+    at most ``r`` triplets, so a budget above its rank keeps only the defined ones
+    (where the dense path would add arbitrary zero-value directions, see
+    docs/lora.md). The polar factors are then of ``m x K`` and ``K x n`` with
+    ``K = sum_t min(k_t, r_t)``.
     """
 
     name: ClassVar[str] = "tsv_m"
@@ -94,8 +101,15 @@ class TSVM(Merger):
         if sum(ranks) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
         us, ss, vhs = [], [], []
-        for delta_t, k in zip(bundle.task_vectors, ranks):
-            U, S, Vh = torch.linalg.svd(as_working(delta_t), full_matrices=False)
+        factored = bundle.factored_task_vectors
+        for t, k in enumerate(ranks):
+            low_rank = factored[t]
+            if low_rank is not None:  # a LoRA task vector: exact SVD from its factors
+                f = low_rank.svd()
+                U, S, Vh = f.U, f.S, f.Vh
+            else:
+                delta_t = bundle.task_vectors[t]
+                U, S, Vh = torch.linalg.svd(as_working(delta_t), full_matrices=False)
             us.append(U[:, :k])
             ss.append(S[:k])
             vhs.append(Vh[:k])

@@ -1,0 +1,113 @@
+"""LowRank (factored task vectors) and the factored paths of the components,
+against dense references (numpy SVD, the dense component on B @ A)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pactframe import LayerBundle, LowRank
+from pactframe.errors import InputError
+from pactframe_plugins.decomposers.co_svd import ContextOrientedSVD as COSVD
+from pactframe_plugins.decomposers.exact_svd import ExactSVD
+from pactframe_plugins.decomposers.randomized_svd import RandomizedSVD
+from pactframe_plugins.evaluators.intrusion_energy import (
+    intrusion_energy,
+    intrusion_energy_low_rank,
+)
+from pactframe_plugins.mergers.iso_c import IsoC
+from pactframe_plugins.mergers.tsv_m import TSVM
+from pactframe_plugins.preprocessors.pact import PACTAligner
+
+
+def _low_rank(m: int, n: int, r: int, seed: int) -> LowRank:
+    g = torch.Generator().manual_seed(seed)
+    return LowRank(
+        torch.randn(m, r, generator=g, dtype=torch.float64),
+        torch.randn(r, n, generator=g, dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize(("m", "n", "r"), [(40, 30, 5), (30, 40, 7), (12, 50, 12)])
+def test_low_rank_svd_equals_numpy_svd_of_the_product(m: int, n: int, r: int) -> None:
+    """QR of both factors + r x r SVD gives numpy's singular values and the same matrix."""
+    lr = _low_rank(m, n, r, m + n)
+    dense = lr.materialize().numpy()
+    want = np.linalg.svd(dense, compute_uv=False)[:r]
+    f = lr.svd()
+    assert f.rank == r
+    np.testing.assert_allclose(f.S.numpy(), want, rtol=1e-10)
+    np.testing.assert_allclose(f.reconstruct().numpy(), dense, atol=1e-10)
+    np.testing.assert_allclose((f.U.T @ f.U).numpy(), np.eye(r), atol=1e-12)
+    np.testing.assert_allclose((f.Vh @ f.Vh.T).numpy(), np.eye(r), atol=1e-12)
+    k = 3
+    top = np.linalg.svd(dense)
+    best = (top[0][:, :k] * top[1][:k]) @ top[2][:k]
+    np.testing.assert_allclose(lr.svd(k).reconstruct().numpy(), best, atol=1e-9)
+
+
+def test_low_rank_norm_and_transpose() -> None:
+    lr = _low_rank(9, 7, 3, 1)
+    assert lr.squared_norm() == pytest.approx(float((lr.materialize() ** 2).sum()), rel=1e-12)
+    torch.testing.assert_close(lr.transpose().materialize(), lr.materialize().T)
+    with pytest.raises(InputError, match="B \\(m, r\\) and A \\(r, n\\)"):
+        LowRank(torch.ones(3, 2), torch.ones(3, 4))
+
+
+def test_decomposers_accept_factored_input() -> None:
+    """exact/randomized: exact from the factors; a context-aware decomposer materialises."""
+    lr = _low_rank(20, 16, 4, 2)
+    dense = lr.materialize()
+    for dec in (ExactSVD(), RandomizedSVD()):
+        f = dec.decompose_low_rank(lr, 3)
+        torch.testing.assert_close(f.reconstruct(), ExactSVD().decompose(dense, 3).reconstruct())
+    cov = torch.eye(16, dtype=torch.float64) * 2.0
+    got = COSVD().decompose_low_rank(lr, 3, covariance=cov).reconstruct()
+    want = COSVD().decompose(dense, 3, covariance=cov).reconstruct()
+    torch.testing.assert_close(got, want)
+
+
+def _bundles(rank: int = 8, shape: tuple[int, int] = (20, 16)) -> tuple[LayerBundle, LayerBundle]:
+    g = torch.Generator().manual_seed(5)
+    base = torch.randn(*shape, generator=g, dtype=torch.float64)
+    lrs = [_low_rank(*shape, rank, 10 + t) for t in range(3)]
+    names = ["a", "b", "c"]
+    factored = LayerBundle("w", base, lrs, names, seed=3)
+    dense = LayerBundle("w", base, [lr.materialize() for lr in lrs], names, seed=3)
+    return factored, dense
+
+
+def test_bundle_materialises_factored_task_vectors_lazily() -> None:
+    """Third-party components read dense task_vectors; the factors stay available."""
+    factored, dense = _bundles()
+    assert factored.is_factored and not dense.is_factored
+    assert all(f is not None for f in factored.factored_task_vectors)
+    for a, b in zip(factored.task_vectors, dense.task_vectors):
+        torch.testing.assert_close(a, b)
+    assert factored.task_vectors[0] is factored.task_vectors[0]  # materialised once
+    assert not factored.materialized().is_factored
+    moved = factored.map_tensors(lambda x: x.to(torch.float32))
+    assert moved.factored_task_vectors[0].dtype == torch.float32  # type: ignore[union-attr]
+
+
+def test_factored_tsv_m_iso_c_pact_equal_their_dense_paths() -> None:
+    """Full-budget ranks (rank 8 >= min(m, n) / 3 = 5; summed rank 24 >= 16)."""
+    factored, dense = _bundles()
+    for merger in (TSVM(), IsoC()):
+        torch.testing.assert_close(
+            merger.merge(factored).delta, merger.merge(dense).delta, atol=1e-10, rtol=0
+        )
+    pact = PACTAligner(core_rank=3, task_rank=2)
+    pf, pd = pact.preprocess(factored), pact.preprocess(dense)
+    assert pf.is_factored and pf.records[-1].data["factored"]
+    for a, b in zip(pf.task_vectors, pd.task_vectors):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    for n in ("a", "b", "c"):
+        assert pf.records[-1].data["removed_energy"][n] == pytest.approx(
+            pd.records[-1].data["removed_energy"][n], abs=1e-10
+        )
+    tb = torch.linalg.qr(torch.randn(16, 4, dtype=torch.float64))[0]
+    for lr, tv in zip(factored.factored_task_vectors, dense.task_vectors):
+        assert lr is not None
+        assert intrusion_energy_low_rank(lr, tb) == pytest.approx(intrusion_energy(tv, tb))

@@ -192,7 +192,9 @@ def _id(m: Any) -> str:
 
 
 @pytest.mark.parametrize("merger", ELEMENTWISE, ids=_id)
-def test_merge_of_adapters_equals_merge_of_materialised_fine_tunes(llama: dict, merger: Any) -> None:
+def test_merge_of_adapters_equals_merge_of_materialised_fine_tunes(
+    llama: dict, merger: Any
+) -> None:
     """Three adapters (different targets, ranks, rsLoRA, modules_to_save) merge exactly
     as their merge_and_unload checkpoints do (1e-5, float32)."""
     _assert_same_merge(llama["root"], sorted(LLAMA_ADAPTERS), merger)

@@ -6,9 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from pactframe import LayerBundle, LowRank
-from pactframe.errors import InputError
 from pactframe_plugins.decomposers.co_svd import ContextOrientedSVD as COSVD
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
 from pactframe_plugins.decomposers.randomized_svd import RandomizedSVD
@@ -19,6 +16,9 @@ from pactframe_plugins.evaluators.intrusion_energy import (
 from pactframe_plugins.mergers.iso_c import IsoC
 from pactframe_plugins.mergers.tsv_m import TSVM
 from pactframe_plugins.preprocessors.pact import PACTAligner
+
+from pactframe import LayerBundle, LowRank
+from pactframe.errors import InputError
 
 
 def _low_rank(m: int, n: int, r: int, seed: int) -> LowRank:

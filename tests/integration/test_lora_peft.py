@@ -319,3 +319,41 @@ def test_lora_output_refuses_deltas_it_cannot_hold(llama: dict, tmp_path: Path) 
         MergePipeline.from_config(cfg).run(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_pave_with_adapter_covariances_equals_pave_on_fine_tunes(llama_dense: Path) -> None:
+    """Covariances collected on base + adapter (apply_adapter) and PAVE on the adapters
+    give the merge of PAVE on the materialised fine-tunes with the same covariances."""
+    from pactframe.covariance import collect_covariances
+
+    root = llama_dense
+    g = torch.Generator().manual_seed(7)
+    batches = [{"input_ids": torch.randint(0, 64, (2, 9), generator=g)} for _ in range(3)]
+    for name in ("a0", "a1", "a2"):
+        model = apply_adapter(_llama(), root / name)
+        # the fine-tuned model is exactly PEFT's merged checkpoint
+        full = transformers.LlamaForCausalLM.from_pretrained(str(root / f"full-{name}"))
+        for key, value in full.state_dict().items():
+            torch.testing.assert_close(model.state_dict()[key], value, atol=1e-6, rtol=0)
+        collect_covariances(model, batches, include=r"self_attn|mlp").save(
+            root / f"cov-{name}.safetensors"
+        )
+
+    def merge(prefix: str) -> dict[str, torch.Tensor]:
+        cfg = _config(root, [], "task_arithmetic", preprocessors=["pave"])
+        cfg["models"] = [
+            {
+                "name": n,
+                "path": str(root / f"{prefix}{n}"),
+                "covariance": str(root / f"cov-{n}.safetensors"),
+            }
+            for n in ("a0", "a1", "a2")
+        ]
+        return MergePipeline.from_config(cfg).merge_to_dict()[0]
+
+    got, want = merge(""), merge("full-")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], atol=1e-5, rtol=0, msg=key)
+    plain = _merge(root, ["a0", "a1", "a2"], "task_arithmetic")
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert float((plain[q] - got[q]).abs().max()) > 1e-4  # PAVE did change the merge

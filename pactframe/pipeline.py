@@ -160,7 +160,7 @@ class MergePipeline:
             ft = inputs.finetuned.pop(0)
             if ft is None or isinstance(ft, LowRank):  # an adapter's task vector (docs/lora.md)
                 placed = None if ft is None else ft.map(lambda x: x.to(dev, dt))
-                tvs.append(torch.zeros_like(base) if placed is None else placed)
+                tvs.append(_zero_task_vector(base) if placed is None else placed)
                 continue
             work = ft.to(dev, dt)
             if owned or work.data_ptr() != ft.data_ptr():
@@ -398,6 +398,14 @@ class MergePipeline:
             state[result.plan.name] = result.tensor
             entries.append(result.report)
         return state, entries
+
+
+def _zero_task_vector(base: torch.Tensor) -> torch.Tensor | LowRank:
+    """A tensor an adapter leaves alone: rank-0 factors for a matrix (free for the
+    factored components; materialises to zeros), else zeros."""
+    if base.ndim == 2:
+        return LowRank(base.new_zeros((base.shape[0], 0)), base.new_zeros((0, base.shape[1])))
+    return torch.zeros_like(base)
 
 
 def _read_task(model: Any, name: str) -> torch.Tensor | LowRank | None:

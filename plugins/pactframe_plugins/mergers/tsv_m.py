@@ -113,6 +113,8 @@ class TSVM(Merger):
             us.append(U[:, :k])
             ss.append(S[:k])
             vhs.append(Vh[:k])
+        if sum(int(s.shape[0]) for s in ss) == 0:  # only rank-0 (untouched) factored tasks
+            return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
         u_perp = polar_factor(torch.cat(us, dim=1))
         vh_perp = polar_factor(torch.cat(vhs, dim=0))
         merged = (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp

@@ -8,6 +8,14 @@ Components are pure: they never read files, never move tensors between
 devices, and return new tensors rather than mutating their inputs. One instance
 is therefore safe across tensors, threads, devices and worker processes.
 
+Factored task vectors: a LoRA adapter's task vector is held as factors
+(:class:`~pactframe.types.LowRank`, ``Delta = B @ A``). ``bundle.task_vectors``
+is always dense (a factored entry is materialised on first access, on its
+device), so a component that knows nothing of factors works unchanged; one
+that can use them reads ``bundle.factored_task_vectors`` (``LowRank`` or
+``None`` per task) and decomposes with :meth:`Decomposer.decompose_low_rank`.
+See docs/plugin-guide.md, "Factored task vectors", and docs/lora.md.
+
 Two-pass components: a preprocessor or merger that needs statistics over the
 whole model before it can treat one tensor (PAVE's per-model rank allocation,
 TIES with a global trim) sets ``needs_prepass = True``. The pipeline then first

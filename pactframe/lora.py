@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from pactframe.checkpoint import TensorInfo, check_destination
+from pactframe.checkpoint import CODE_FROM_DTYPE, TensorInfo, check_destination
 from pactframe.errors import CheckpointError, InputError
 from pactframe.types import LowRank
 
@@ -305,11 +305,8 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike[str]) -> to
     ``model`` must be the plain base model (not a ``PeftModel``): its state-dict
     names are the base's, which is what covariance files are keyed by.
     """
-    from pactframe.sources import StateDictSource
-
     params = dict(model.state_dict(keep_vars=True))
-    base = StateDictSource({k: v.detach() for k, v in params.items()}, "the model")
-    src = LoraAdapterSource(adapter, base, "adapter")
+    src = LoraAdapterSource(adapter, _ModuleSource(params), "adapter")
     with torch.no_grad():
         for key in src.keys():
             d = src.delta(key)
@@ -317,6 +314,28 @@ def apply_adapter(model: torch.nn.Module, adapter: str | os.PathLike[str]) -> to
                 p = params[key]
                 p.copy_((p.float() + d.to(p.device)).to(p.dtype))
     return model
+
+
+class _ModuleSource:
+    """The base tensors of an ``nn.Module`` as a minimal tensor source."""
+
+    label = "the model"
+
+    def __init__(self, params: Mapping[str, torch.Tensor]) -> None:
+        self.params = params
+
+    def keys(self) -> list[str]:
+        return list(self.params)
+
+    def info(self, key: str) -> TensorInfo:
+        t = self.params[key]
+        return TensorInfo(
+            key, Path(self.label), CODE_FROM_DTYPE[t.dtype], tuple(t.shape), 0,
+            t.numel() * t.element_size(),
+        )
+
+    def load(self, key: str) -> torch.Tensor:
+        return self.params[key].detach().to("cpu")
 
 
 # output: a merged adapter ---------------------------------------------------------
@@ -331,6 +350,8 @@ def write_merged_adapter(
     force: bool = False,
     progress: Any = None,
     on_tensor: Callable[[Any], None] | None = None,
+    build_report: Callable[..., dict[str, Any]],
+    report_file: str = "merge_report.json",
 ) -> dict[str, Any]:
     """Run ``pipeline`` and write its merged delta as a PEFT LoRA adapter of rank ``R``.
 
@@ -344,8 +365,6 @@ def write_merged_adapter(
     from safetensors.torch import save
 
     from pactframe.device import peak_device_bytes, peak_rss_bytes
-    from pactframe.pipeline import REPORT_FILE
-    from pactframe.report import build_report
 
     started = time.perf_counter()
     out = Path(out)
@@ -444,7 +463,7 @@ def write_merged_adapter(
     try:
         (tmp / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt"}))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
         old = None
         if out.exists():
             check_destination(out, force=force)

@@ -331,7 +331,15 @@ class MergePipeline:
             from pactframe.lora import write_merged_adapter
 
             bar0 = progress if isinstance(progress, Progress) else None
-            return write_merged_adapter(self, out, force=force, progress=bar0, on_tensor=on_tensor)
+            return write_merged_adapter(
+                self,
+                out,
+                force=force,
+                progress=bar0,
+                on_tensor=on_tensor,
+                build_report=build_report,
+                report_file=REPORT_FILE,
+            )
         started = time.perf_counter()
         plan = self.plan()  # every check happens before the output folder is touched
         self.timings["plan_s"] = time.perf_counter() - started

@@ -45,15 +45,18 @@ def _gpt2(seed: int = 0) -> Any:
     return transformers.GPT2LMHeadModel(cfg).eval()
 
 
-def _adapter(make_base: Any, folder: Path, seed: int, **lora: Any) -> dict[str, torch.Tensor]:
-    """Save a randomly initialised PEFT LoRA adapter; return PEFT's own merged weights."""
+def _adapter(
+    make_base: Any, folder: Path, seed: int, scale: float = 0.1, **lora: Any
+) -> dict[str, torch.Tensor]:
+    """Save a randomly initialised PEFT LoRA adapter (factors ~ N(0, scale^2)); return
+    PEFT's own merged weights."""
     model = make_base()
     pm = peft.get_peft_model(model, peft.LoraConfig(init_lora_weights=False, **lora))
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in pm.named_parameters():
             if "lora_" in name or "modules_to_save" in name:
-                p.copy_(torch.randn_like(p) * 0.1)
+                p.copy_(torch.randn_like(p) * scale)
     pm.save_pretrained(str(folder))
     merged = pm.merge_and_unload()
     return {k: v.detach().clone() for k, v in merged.state_dict().items()}
@@ -165,13 +168,16 @@ def llama_dense(tmp_path_factory: Any) -> Path:
     """Three rank-16 adapters on every linear layer: each task vector (also after PACT
     removes at most 2 * 2 protected directions) has rank >= its TSV-M budget
     (min(m, n) / 3) and their sum has full rank, so the spectral mergers' result is
-    defined by the task vectors alone (docs/lora.md, "Rank-deficient task vectors")."""
+    defined by the task vectors alone (docs/lora.md, "Rank-deficient task vectors").
+    Factors ~ N(0, 0.05^2) keep the deltas of the order of the weights, so the float32
+    rounding of the materialised checkpoints (W_0 + Delta, minus W_0 again) stays
+    below the 1e-5 tolerance after the polar factors."""
     root = tmp_path_factory.mktemp("lora_llama_dense")
     _llama().save_pretrained(str(root / "base"))
     for i in range(3):
         merged = _adapter(
             _llama, root / f"a{i}", 20 + i, r=16, lora_alpha=24, target_modules=ALL_LINEAR,
-            use_rslora=i == 1,
+            use_rslora=i == 1, scale=0.05,
         )
         full = _llama()
         full.load_state_dict(merged)

@@ -14,6 +14,7 @@ from pactframe_plugins.evaluators.intrusion_energy import (
     intrusion_energy_low_rank,
 )
 from pactframe_plugins.mergers.iso_c import IsoC
+from pactframe_plugins.mergers.iso_cts import IsoCTS
 from pactframe_plugins.mergers.tsv_m import TSVM
 from pactframe_plugins.preprocessors.pact import PACTAligner
 
@@ -91,10 +92,10 @@ def test_bundle_materialises_factored_task_vectors_lazily() -> None:
     assert moved.factored_task_vectors[0].dtype == torch.float32  # type: ignore[union-attr]
 
 
-def test_factored_tsv_m_iso_c_pact_equal_their_dense_paths() -> None:
+def test_factored_tsv_m_iso_c_iso_cts_pact_equal_their_dense_paths() -> None:
     """Full-budget ranks (rank 8 >= min(m, n) / 3 = 5; summed rank 24 >= 16)."""
     factored, dense = _bundles()
-    for merger in (TSVM(), IsoC()):
+    for merger in (TSVM(), IsoC(), IsoCTS()):
         torch.testing.assert_close(
             merger.merge(factored).delta, merger.merge(dense).delta, atol=1e-10, rtol=0
         )

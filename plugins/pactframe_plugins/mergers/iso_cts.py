@@ -9,6 +9,7 @@ import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import as_working
+from pactframe.types import LowRank
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     fallback_field,
@@ -85,21 +86,46 @@ class IsoCTS(Merger):
         if not bundle.is_matrix:
             return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
         axis = bundle.input_axis
-        deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
-        rank = min(deltas[0].shape)
-        common, per_task = subspace_sizes(rank, len(deltas), self.common_space_fraction)
-        U, S, Vh = torch.linalg.svd(torch.stack(deltas).sum(dim=0), full_matrices=False)
-        u_common = U[:, :common]
-        us, ss, vhs = [], [], []
-        for delta_t in deltas:
-            residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
-            u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
-            us.append(u_t[:, :per_task])
-            ss.append(s_t[:per_task])
-            vhs.append(vh_t[:per_task])
+        factored = bundle.factored_task_vectors
+        T = bundle.num_tasks
+        if all(f is not None for f in factored):  # LoRA task vectors: SVDs from the factors
+            lin = [f if axis == 1 else f.transpose() for f in factored if f is not None]
+            lin = [f.map(as_working) for f in lin]
+            rank = min(lin[0].shape)
+            common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
+            joint = LowRank(
+                torch.cat([f.B for f in lin], dim=1), torch.cat([f.A for f in lin], dim=0)
+            )
+            fs = joint.svd()
+            U, S, Vh = fs.U, fs.S, fs.Vh
+            u_common = U[:, :common]
+            parts = []
+            for f in lin:
+                residual = LowRank(f.B - u_common @ (u_common.transpose(0, 1) @ f.B), f.A)
+                ft = residual.svd()
+                parts.append((ft.U, ft.S, ft.Vh))
+        else:
+            deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
+            rank = min(deltas[0].shape)
+            common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
+            U, S, Vh = torch.linalg.svd(torch.stack(deltas).sum(dim=0), full_matrices=False)
+            u_common = U[:, :common]
+            parts = []
+            for delta_t in deltas:
+                residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
+                parts.append(torch.linalg.svd(residual, full_matrices=False))
+        us = [u_t[:, :per_task] for u_t, _, _ in parts]
+        ss = [s_t[:per_task] for _, s_t, _ in parts]
+        vhs = [vh_t[:per_task] for _, _, vh_t in parts]
+        if sum(int(s.shape[0]) for s in ss) + int(S[:common].shape[0]) == 0:
+            return MergedTensor(
+                torch.zeros_like(bundle.base), records=(Record(self.name, {"rule": "iso_cts"}),)
+            )
         u_perp = polar_factor(torch.cat([*us, u_common], dim=1))
         vh_perp = polar_factor(torch.cat([*vhs, Vh[:common]], dim=0))
-        mean_sigma = torch.cat([*ss, S[:common]]).mean()
+        # the mean over the T * per_task + common slots; a factored task lists only its
+        # nonzero values, the missing ones are zero (as in the dense path)
+        mean_sigma = torch.cat([*ss, S[:common]]).sum() / (T * per_task + common)
         merged = self.scaling * mean_sigma * (u_perp @ vh_perp)
         delta = from_linear_layout(merged, axis).to(bundle.base.dtype)
         sizes = {"rule": "iso_cts", "common_dims": common, "dims_per_task": per_task}

@@ -112,3 +112,29 @@ def test_factored_tsv_m_iso_c_iso_cts_pact_equal_their_dense_paths() -> None:
     for lr, tv in zip(factored.factored_task_vectors, dense.task_vectors):
         assert lr is not None
         assert intrusion_energy_low_rank(lr, tb) == pytest.approx(intrusion_energy(tv, tb))
+
+
+def test_config_keys_for_adapters_are_validated(tmp_path) -> None:
+    """models[].type, output.format and output.rank: bad values are config problems."""
+    from pactframe.config import ConfigProblems, parse_config
+
+    (tmp_path / "b.safetensors").write_bytes(b"")
+    (tmp_path / "m.safetensors").write_bytes(b"")
+    base = {
+        "base": "b.safetensors",
+        "models": [{"name": "m", "path": "m.safetensors", "type": "adapter"}],
+        "merger": "average",
+        "output": {"format": "lora"},
+    }
+    with pytest.raises(ConfigProblems) as err:
+        parse_config(base, base_dir=tmp_path)
+    text = str(err.value)
+    assert "type: must be one of auto, full, lora; got 'adapter'" in text
+    assert "output.format: lora needs a positive integer rank" in text
+    ok = dict(base, models=[{"name": "m", "path": "m.safetensors", "type": "lora"}])
+    ok["output"] = {"format": "lora", "rank": 4}
+    spec = parse_config(ok, base_dir=tmp_path)
+    assert spec.models[0].type == "lora" and spec.output.rank == 4
+    assert spec.to_dict()["models"][0]["type"] == "lora"
+    with pytest.raises(ConfigProblems, match="only used with output.format: lora"):
+        parse_config(dict(ok, output={"rank": 4}), base_dir=tmp_path)

@@ -352,6 +352,7 @@ def write_merged_adapter(
     on_tensor: Callable[[Any], None] | None = None,
     build_report: Callable[..., dict[str, Any]],
     report_file: str = "merge_report.json",
+    model_card: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
     """Run ``pipeline`` and write its merged delta as a PEFT LoRA adapter of rank ``R``.
 
@@ -464,6 +465,11 @@ def write_merged_adapter(
         (tmp / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt"}))
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
         (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
+        if model_card is not None:
+            card = model_card(report).replace(
+                "library_name: transformers", "library_name: peft", 1
+            )  # the card's metadata: this folder is a PEFT adapter
+            (tmp / "README.md").write_text(card)
         old = None
         if out.exists():
             check_destination(out, force=force)

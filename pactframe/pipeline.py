@@ -327,19 +327,6 @@ class MergePipeline:
         """Merge into the folder ``out`` atomically; return the merge report."""
         from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
 
-        if self.spec.output.format == "lora":  # a PEFT adapter instead of a model
-            from pactframe.lora import write_merged_adapter
-
-            bar0 = progress if isinstance(progress, Progress) else None
-            return write_merged_adapter(
-                self,
-                out,
-                force=force,
-                progress=bar0,
-                on_tensor=on_tensor,
-                build_report=build_report,
-                report_file=REPORT_FILE,
-            )
         started = time.perf_counter()
         plan = self.plan()  # every check happens before the output folder is touched
         self.timings["plan_s"] = time.perf_counter() - started
@@ -349,6 +336,19 @@ class MergePipeline:
             if isinstance(progress, Progress)
             else Progress(len(plan.tensors), plan.read_bytes, enabled=bool(progress))
         )
+        if self.spec.output.format == "lora":  # a PEFT adapter instead of a model
+            from pactframe.lora import write_merged_adapter
+
+            return write_merged_adapter(
+                self,
+                out,
+                force=force,
+                progress=bar,
+                on_tensor=on_tensor,
+                build_report=build_report,
+                report_file=REPORT_FILE,
+                model_card=model_card,
+            )
         entries: list[dict[str, Any]] = []
         with CheckpointWriter(
             out,

@@ -363,3 +363,12 @@ def test_pave_with_adapter_covariances_equals_pave_on_fine_tunes(llama_dense: Pa
     plain = _merge(root, ["a0", "a1", "a2"], "task_arithmetic")
     q = "model.layers.0.self_attn.q_proj.weight"
     assert float((plain[q] - got[q]).abs().max()) > 1e-4  # PAVE did change the merge
+
+
+def test_slerp_and_dare_on_adapters_equal_them_on_fine_tunes(llama: dict) -> None:
+    """SLERP (one model) and DARE (seeded masks) see the same task vectors either way."""
+    root = llama["root"]
+    _assert_same_merge(root, ["rslora"], "slerp")
+    _assert_same_merge(
+        root, sorted(LLAMA_ADAPTERS), "task_arithmetic", preprocessors=["dare"]
+    )

@@ -403,8 +403,12 @@ def write_merged_adapter(
         name = result.plan.name
         entry = result.report
         merged = result.merged
-        if merged is not None and name in targets:
-            delta = merged.delta.to(torch.float64)
+        copied = result.plan.handler == "copy"
+        if not copied and name in targets:
+            if merged is not None:
+                delta = merged.delta.to(torch.float64)
+            else:  # a runner that keeps no device result: the written tensor minus the base
+                delta = result.tensor.double() - pipeline.sources.base.load(name).double()
             d = delta.transpose(0, 1) if _is_transposed(adapters, name, fan_in_fan_out) else delta
             U, S, Vh = torch.linalg.svd(d, full_matrices=False)
             r = min(rank, int(S.shape[0]))

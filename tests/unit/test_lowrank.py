@@ -138,3 +138,18 @@ def test_config_keys_for_adapters_are_validated(tmp_path) -> None:
     assert spec.to_dict()["models"][0]["type"] == "lora"
     with pytest.raises(ConfigProblems, match="only used with output.format: lora"):
         parse_config(dict(ok, output={"rank": 4}), base_dir=tmp_path)
+
+
+@pytest.mark.gpu
+def test_factored_paths_on_cuda_equal_cpu() -> None:
+    """The factored TSV-M, Iso-C, Iso-CTS and PACT give on CUDA what they give on CPU."""
+    factored, _ = _bundles()
+    cuda = factored.map_tensors(lambda x: x.to("cuda"))
+    assert cuda.factored_task_vectors[0].device.type == "cuda"  # type: ignore[union-attr]
+    for merger in (TSVM(), IsoC(), IsoCTS()):
+        got = merger.merge(cuda).delta
+        assert got.device.type == "cuda"
+        torch.testing.assert_close(got.cpu(), merger.merge(factored).delta, atol=1e-9, rtol=0)
+    pact = PACTAligner(core_rank=3, task_rank=2)
+    for a, b in zip(pact.preprocess(cuda).task_vectors, pact.preprocess(factored).task_vectors):
+        torch.testing.assert_close(a.cpu(), b, atol=1e-9, rtol=0)

@@ -38,7 +38,7 @@ import attrs
 from pactframe.checkpoint import parse_size
 from pactframe.contracts import Component, Evaluator, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
-from pactframe.errors import ConfigError, PactframeError
+from pactframe.errors import ConfigError, ConfigProblems, PactframeError
 from pactframe.registry import Registry, build_registry
 
 TOP_KEYS = (
@@ -77,15 +77,6 @@ MERGEKIT_HINTS = {
     "model": "path",
     "density": "the merger's keep_fraction (ties) or dare's drop_probability = 1 - density",
 }
-
-
-class ConfigProblems(ConfigError):
-    """A configuration with one or more problems; ``problems`` lists them all."""
-
-    def __init__(self, problems: Sequence[str], source: str = "the config") -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in {source}:\n{lines}")
 
 
 @attrs.frozen

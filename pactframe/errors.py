@@ -6,6 +6,8 @@ plugin, parameter), what was received, and what to do about it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class PactframeError(Exception):
     """Base class of all errors raised by pactframe on purpose."""
@@ -44,3 +46,12 @@ class ConfigError(PactframeError, ValueError):
 
 class CheckpointError(PactframeError):
     """A checkpoint or covariance file is missing, unreadable or inconsistent."""
+
+
+class ConfigProblems(ConfigError):
+    """A configuration with one or more problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: Sequence[str], source: str = "the config") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in {source}:\n{lines}")

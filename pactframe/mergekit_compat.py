@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from pactframe.errors import ConfigProblems
+
 SUPPORTED_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
 #: why a mergekit method has no pactframe equivalent, and what to use instead
 UNSUPPORTED_METHODS = {
@@ -156,8 +158,6 @@ def convert_mergekit(
 ) -> Converted:
     """A mergekit config -> ``Converted``; raises ``ConfigProblems`` naming everything
     that cannot be mapped, with what to do."""
-    from pactframe.config import ConfigProblems
-
     conv = _Converter(Path(base_dir) if base_dir is not None else Path.cwd())
     problems, notes = conv.problems, conv.notes
     method = data.get("merge_method")

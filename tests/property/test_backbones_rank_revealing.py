@@ -260,3 +260,25 @@ def test_full_rank_results_equal_the_authors_formulas_to_1e_10(case, alpha):
             )
     for merger, expected in cases:
         assert rel(merger.merge(bundle).delta.numpy(), expected) <= 1e-10, merger.name
+
+
+def test_tsv_m_clips_each_budget_to_the_task_rank_and_records_it():
+    """Rank-1 task vectors a_t b_t^T with budget 3 each (6 x 6, T = 2): each task gives
+    its one real triplet, the stacks are the two unit vectors side by side, and the
+    merge is polar([a1, a2]) diag(|a1||b1|, |a2||b2|) polar([b1, b2])^T (numpy), with
+    ``kept_ranks`` [1, 1] in the record. The authors' rule would add two arbitrary
+    null-space triplets per task to the polar factors."""
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((2, 6)), rng.standard_normal((2, 6))
+    deltas = [np.outer(a[t], b[t]) for t in range(2)]
+    result = TSVM().merge(bundle_from_arrays(deltas))
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+
+    def np_polar(x: np.ndarray) -> np.ndarray:
+        u, _, vh = np.linalg.svd(x, full_matrices=False)
+        return u @ vh
+
+    expected = (np_polar((a / na[:, None]).T) * (na * nb)) @ np_polar(b / nb[:, None])
+    assert rel(result.delta.numpy(), expected) <= 1e-12
+    assert result.records[-1].data["kept_ranks"] == [1, 1]
+    assert result.records[-1].data["task_ranks"] == [3, 3]

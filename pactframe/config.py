@@ -40,6 +40,7 @@ from pactframe.contracts import Component, Evaluator, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import ConfigError, PactframeError
 from pactframe.registry import Registry, build_registry
+from pactframe.sources import NONFINITE_POLICIES
 
 TOP_KEYS = (
     "base",
@@ -54,6 +55,7 @@ TOP_KEYS = (
     "seed",
     "output",
     "prefetch",
+    "nonfinite",
 )
 MODEL_KEYS = ("name", "path", "covariance")
 RULE_KEYS = ("match", "merger", "preprocessors", "exclude")
@@ -145,6 +147,8 @@ class MergeSpec:
     output: OutputSpec = OutputSpec()
     prefetch: int = 1
     source: Path | None = None
+    #: what reading a NaN/inf weight does: error, warn or ignore (pactframe.sources)
+    nonfinite: str = "error"
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -191,6 +195,7 @@ class MergeSpec:
             "seed": self.seed,
             "output": attrs.asdict(self.output),
             "prefetch": self.prefetch,
+            "nonfinite": self.nonfinite,
         }
 
 
@@ -383,6 +388,12 @@ class _Parser:
                 f"prefetch: must be an int in [0, 8] (tensor names read ahead); got {prefetch!r}."
             )
         output = self.output(data.get("output"))
+        nonfinite = data.get("nonfinite", NONFINITE_POLICIES[0])
+        if not isinstance(nonfinite, str) or nonfinite not in NONFINITE_POLICIES:
+            self.problem(
+                f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)} (what a NaN or "
+                f"infinite weight does); got {repr(nonfinite)[:60]}."
+            )
         if self.problems:
             return None
         assert base is not None and recipe is not None  # else a problem was recorded
@@ -399,6 +410,7 @@ class _Parser:
             output=output,
             prefetch=prefetch,
             source=source,  # type: ignore[arg-type]
+            nonfinite=nonfinite,
         )
 
     def models(self, value: Any) -> tuple[ModelSpec, ...]:

@@ -44,3 +44,11 @@ class ConfigError(PactframeError, ValueError):
 
 class CheckpointError(PactframeError):
     """A checkpoint or covariance file is missing, unreadable or inconsistent."""
+
+
+class NonFiniteError(CheckpointError):
+    """A tensor read from a checkpoint holds NaN or infinite values (``nonfinite: error``)."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A tensor read holds NaN or infinite values and ``nonfinite: warn`` lets it through."""

@@ -41,6 +41,8 @@ from pactframe.errors import CheckpointError
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 #: more dimensions than any real checkpoint tensor has
 MAX_DIMS = 64
+#: longest dimension accepted (torch sizes are int64; no real tensor comes near 2**48)
+MAX_DIM = 2**48
 
 #: safetensors dtype codes <-> torch dtypes (the ones pactframe reads)
 DTYPE_FROM_CODE: dict[str, torch.dtype] = {
@@ -301,11 +303,12 @@ def _validate(path: Path, raw: bytes, data_start: int, size: int) -> Safetensors
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_DIMS
-            or not all(_int(s) and s >= 0 for s in shape)
+            or not all(_int(s) and 0 <= s <= MAX_DIM for s in shape)
         ):
             raise CheckpointError(
                 f"{tensor}: its shape must be a list of at most {MAX_DIMS} non-negative "
-                f"integers; got {shown(shape)}. The file is corrupt: re-download or re-save it."
+                f"integers, each at most 2**48; got {shown(shape)}. The file is corrupt: "
+                "re-download or re-save it."
             )
         if (
             not isinstance(offsets, list)

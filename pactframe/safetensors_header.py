@@ -170,11 +170,28 @@ class _Duplicate(Exception):
         self.key = key
 
 
+class _Surrogate(Exception):
+    pass
+
+
+def _unicode(text: str) -> None:
+    """JSON's ``\\ud800`` escapes can spell lone surrogates, which are not Unicode (and
+    cannot be printed or written back as UTF-8)."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _Surrogate() from None
+
+
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
             raise _Duplicate(key)
+        _unicode(key)
+        if isinstance(value, str):
+            _unicode(value)
         out[key] = value
     return out
 
@@ -199,6 +216,8 @@ def strict_json(raw: bytes) -> Any:
         ) from None
     except RecursionError:
         raise JsonProblem("its JSON is nested too deeply") from None
+    except _Surrogate:
+        raise JsonProblem("it is not JSON (a \\u escape spells a lone surrogate)") from None
     except json.JSONDecodeError as exc:
         raise JsonProblem(
             f"it is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"

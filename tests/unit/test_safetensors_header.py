@@ -261,3 +261,13 @@ def test_devices_and_folders_are_refused(tmp_path):
         parse_file("/dev/zero")
     with pytest.raises(CheckpointError, match="is a folder, not a regular file"):
         parse_file(tmp_path)
+
+
+def test_lone_surrogate_escapes_are_refused(tmp_path):
+    # found by the fuzz test: Python's json accepts "\ud800" alone, the safetensors
+    # library does not, and such a name cannot even be printed as UTF-8
+    path = tmp_path / "s.safetensors"
+    path.write_bytes(raw_file(b'{"__metadata__": {"\\ud800x": "y"}}'))
+    _refused(path, "lone surrogate")
+    path.write_bytes(raw_file(b'{"__metadata__": {"\\ud83d\\ude00": "ok"}}'))
+    assert parse_file(path).metadata == {"\U0001f600": "ok"}

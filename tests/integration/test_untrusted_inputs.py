@@ -378,3 +378,32 @@ def test_a_base_file_linked_out_of_the_folder_is_never_copied(tmp_path, capsys):
     out = tmp_path / "nocopy"
     assert main(["merge", str(cfg), str(out)]) == 0, capsys.readouterr().err
     assert not (out / "tokenizer_config.json").exists()
+
+
+# ------------------------------------------------------------ materialize reads a modulator file
+@pytest.mark.parametrize(
+    ("metadata", "needle"),
+    [
+        ({"tasks": "not json"}, "'tasks'/'shapes' metadata is missing or not JSON"),
+        ({"tasks": '{"a": 1}'}, "'tasks' must be a list of task names"),
+        ({"shapes": '{"layers.0.attn.q.weight": [9, 9]}'}, "do not match 'shapes'"),
+    ],
+    ids=["not-json", "tasks-object", "wrong-shape"],
+)
+def test_a_corrupt_modulator_file_is_one_clear_error(tmp_path, capsys, metadata, needle):
+    bp, paths = write_models(tmp_path / "in")[2:]
+    merged = tmp_path / "merged"
+    assert main(["merge", str(_config(tmp_path, bp, paths, merger="emr")), str(merged)]) == 0
+    modulators = merged / "task_modulators.safetensors"
+    header, data = split_file(modulators)
+    header["__metadata__"].update(metadata)
+    rewrite(modulators, header, data)
+    capsys.readouterr()
+    dest = tmp_path / "t0"
+    assert main(["materialize", str(merged), "--task", "t0", str(dest)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[0].startswith(
+        f"pactframe materialize: error: {str(modulators)!r} is not a usable task-modulator file"
+    )
+    assert needle in err
+    _no_output(tmp_path, dest)

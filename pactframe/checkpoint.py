@@ -117,8 +117,14 @@ def resolve_in_folder(
             "the folder."
         )
     path = folder / pure
-    folder_real = folder.resolve()
-    target_real = path.resolve()
+    try:
+        folder_real = folder.resolve()
+        target_real = path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, NUL bytes
+        raise CheckpointError(
+            f"{what}: {shown(name)} cannot be resolved inside the model folder "
+            f"{str(folder)!r} ({type(exc).__name__}: {str(exc)[:60]}). {fix}"
+        ) from None
     if target_real != folder_real and folder_real not in target_real.parents:
         if not _is_hf_cache_blob(folder_real, target_real):
             raise CheckpointError(
@@ -147,7 +153,7 @@ def _read_index(index: Path, folder: Path, role: str) -> dict[str, str]:
         try:
             data = strict_json(raw)
         except JsonProblem as exc:
-            problem = str(exc)
+            problem = f"it {exc}"
     if problem is None:
         weight_map = data.get("weight_map") if isinstance(data, dict) else None
         if not isinstance(data, dict):
@@ -251,7 +257,7 @@ class CheckpointReader:
                 resolve_in_folder(p, f, what=f"The index {str(index)!r} of the {self.role}")
                 for f in files
             ]
-            missing = [f for f, path in zip(files, paths) if not path.exists()]
+            missing = [f for f, path in zip(files, paths) if not os.path.exists(path)]
             if missing:
                 raise CheckpointError(
                     f"The index {str(index)!r} names shard(s) that are missing: "

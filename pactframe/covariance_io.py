@@ -159,7 +159,7 @@ def _parse_metadata(
     except KeyError as exc:
         problem = f"its metadata lacks {exc}"
     except JsonProblem as exc:
-        problem = f"its 'layouts' or 'num_samples' metadata: {exc}"
+        problem = f"its 'layouts' or 'num_samples' metadata {exc}"
     if problem is None and (not isinstance(layouts, dict) or not isinstance(counts, dict)):
         problem = (
             "'layouts' and 'num_samples' must be JSON objects; got "

@@ -129,10 +129,10 @@ def open_regular(path: Path) -> io.FileIO:
     """
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        reason = getattr(exc, "strerror", None) or str(exc)[:60]
         raise CheckpointError(
-            f"Cannot open {str(path)!r}: {exc.strerror or exc}. Check the path and its "
-            "permissions."
+            f"Cannot open {str(path)!r}: {reason}. Check the path and its permissions."
         ) from exc
     try:
         mode = os.fstat(fd).st_mode
@@ -161,7 +161,8 @@ def open_regular(path: Path) -> io.FileIO:
 
 
 class JsonProblem(ValueError):
-    """Why some bytes are not acceptable JSON (a short description, no file content)."""
+    """Why some bytes are not acceptable JSON: a predicate ("is not JSON (...)",
+    "repeats the key 'w'") to follow the thing's name; never file content."""
 
 
 class _Duplicate(Exception):
@@ -206,24 +207,24 @@ def strict_json(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise JsonProblem(f"it is not UTF-8 text (bad byte at offset {exc.start})") from None
+        raise JsonProblem(f"is not UTF-8 text (bad byte at offset {exc.start})") from None
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except _Duplicate as dup:
         raise JsonProblem(
-            f"it repeats the key {shown(dup.key)}, so two readers could disagree on which "
+            f"repeats the key {shown(dup.key)}, so two readers could disagree on which "
             "entry counts"
         ) from None
     except RecursionError:
-        raise JsonProblem("its JSON is nested too deeply") from None
+        raise JsonProblem("is JSON nested too deeply") from None
     except _Surrogate:
-        raise JsonProblem("it is not JSON (a \\u escape spells a lone surrogate)") from None
+        raise JsonProblem("is not JSON (a \\u escape spells a lone surrogate)") from None
     except json.JSONDecodeError as exc:
         raise JsonProblem(
-            f"it is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            f"is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from None
     except ValueError as exc:  # NaN constants, integers too long to convert
-        raise JsonProblem(f"it is not JSON ({str(exc)[:_SHOWN]})") from None
+        raise JsonProblem(f"is not JSON ({str(exc)[:_SHOWN]})") from None
 
 
 def _int(value: Any) -> bool:

@@ -186,3 +186,40 @@ def test_every_well_formed_file_is_accepted_with_its_exact_bytes(scratch, valid)
         got = read_tensor(parsed.tensors[key])
         assert tuple(got.shape) == tuple(entry["shape"])
         assert got.reshape(-1).view(torch.uint8).numpy().tobytes() == data[begin:end]
+
+
+shard_names = st.sampled_from(
+    ["model-1.safetensors", "../model-1.safetensors", "/etc/hostname", "sub/x.safetensors",
+     "", ".", "a\0b", "z" * 300, "C:\\x", "model-1.safetensors/"]
+) | st.text(max_size=8)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("indexed")
+    save_file({"w": torch.ones(2), "b": torch.zeros(3)}, str(folder / "model-1.safetensors"))
+    return folder
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    index=json_values
+    | st.fixed_dictionaries(
+        {"weight_map": st.dictionaries(st.sampled_from(["w", "b", "x"]), shard_names | json_values)}
+    )
+)
+def test_the_index_reader_refuses_or_reads_only_inside_the_folder(model_folder, index):
+    """Invariant: any index JSON gives a PactframeError or a reader whose files all lie
+    inside the folder and whose tensors are exactly the weight_map's keys."""
+    (model_folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    try:
+        reader = CheckpointReader(model_folder)
+    except PactframeError:
+        return
+    root = model_folder.resolve()
+    assert all(root in f.resolve().parents for f in reader.files)
+    assert sorted(reader.keys()) == sorted(index["weight_map"])

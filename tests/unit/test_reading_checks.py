@@ -174,3 +174,28 @@ def test_in_memory_covariances_are_checked_on_load_naming_task_and_tensor():
     )
     source = DictCovarianceSource({"w": torch.eye(4)}, "covariances of task 'a'")
     assert source.check_all() == [] and torch.equal(source.load("w"), torch.eye(4))
+
+
+def test_each_covariance_is_checked_once(tmp_path, monkeypatch):
+    import pactframe.sources as sources_module
+    from pactframe.covariance_io import save_covariances
+    from pactframe.sources import FileCovarianceSource
+
+    path = tmp_path / "cov.safetensors"
+    covs = {"a": _gram(32, 4), "b": _gram(32, 6, seed=1)}
+    save_covariances(path, covs, dict.fromkeys(covs, "linear"), dict.fromkeys(covs, 32))
+    calls: list[int] = []
+
+    def counting(matrix):
+        calls.append(matrix.shape[0])
+        return covariance_problem(matrix)
+
+    monkeypatch.setattr(sources_module, "covariance_problem", counting)
+    source = FileCovarianceSource(path)
+    assert source.check_all() == [] and sorted(calls) == [4, 6]
+    assert torch.equal(source.load("a"), covs["a"]) and torch.equal(source.load("b"), covs["b"])
+    assert sorted(calls) == [4, 6]  # the merge's loads do not check again
+    fresh = FileCovarianceSource(path)
+    fresh.load("b")
+    fresh.load("b")
+    assert sorted(calls) == [4, 6, 6]  # unchecked up front: checked at its first load

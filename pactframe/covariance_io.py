@@ -267,14 +267,16 @@ def covariance_problem(matrix: torch.Tensor) -> str | None:
             f"(tolerance {SYMMETRY_RTOL:g} relative)"
         )
     tol = psd_tolerance(c.shape[0], matrix.dtype)
-    sym = 0.5 * (c + c.T)
+    unit = c / peak  # scaled to max|C| = 1: no underflow or overflow below
+    sym = 0.5 * (unit + unit.T)
     fro = float(torch.linalg.matrix_norm(sym))
     shifted = sym + (tol * fro) * torch.eye(c.shape[0], dtype=torch.float64)
     _, info = torch.linalg.cholesky_ex(shifted)
     if int(info) != 0:
-        eig = torch.linalg.eigvalsh(sym)
+        eig = torch.linalg.eigvalsh(sym) * peak
         return (
             f"it is not positive semi-definite: smallest eigenvalue {float(eig[0]):.3g}, "
-            f"largest {float(eig[-1]):.3g} (tolerance {tol:.1g} x ||C||_F = {tol * fro:.3g})"
+            f"largest {float(eig[-1]):.3g} (tolerance {tol:.1g} x ||C||_F = "
+            f"{tol * fro * peak:.3g})"
         )
     return None

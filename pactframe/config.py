@@ -40,6 +40,7 @@ from pactframe.contracts import Component, Evaluator, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import ConfigError, ConfigProblems, PactframeError
 from pactframe.registry import Registry, build_registry
+from pactframe.sources import NONFINITE_POLICIES
 
 TOP_KEYS = (
     "base",
@@ -56,6 +57,7 @@ TOP_KEYS = (
     "prefetch",
     "vocab",
     "input_dtype",
+    "nonfinite",
 )
 MODEL_KEYS = ("name", "path", "covariance", "weight")
 VOCAB_MODES = ("base", "union")
@@ -147,6 +149,8 @@ class MergeSpec:
     vocab: str | None = None
     input_dtype: str = "same"
     notes: tuple[str, ...] = ()
+    #: what reading a NaN/inf weight does: error, warn or ignore (pactframe.sources)
+    nonfinite: str = "error"
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -203,6 +207,7 @@ class MergeSpec:
             "prefetch": self.prefetch,
             **({"vocab": self.vocab} if self.vocab is not None else {}),
             **({"input_dtype": self.input_dtype} if self.input_dtype != "same" else {}),
+            "nonfinite": self.nonfinite,
         }
 
 
@@ -425,6 +430,12 @@ class _Parser:
         self.check_model_count(recipe, rules, len(models))
         if any(m.weight is not None for m in models):
             self.check_weights(recipe, rules, fallback)
+        nonfinite = data.get("nonfinite", NONFINITE_POLICIES[0])
+        if not isinstance(nonfinite, str) or nonfinite not in NONFINITE_POLICIES:
+            self.problem(
+                f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)} (what a NaN or "
+                f"infinite weight does); got {repr(nonfinite)[:60]}."
+            )
         if self.problems:
             return None
         assert base is not None and recipe is not None  # else a problem was recorded
@@ -443,6 +454,7 @@ class _Parser:
             source=source,  # type: ignore[arg-type]
             vocab=vocab,
             input_dtype=input_dtype,
+            nonfinite=nonfinite,
         )
 
     def check_model_count(self, recipe: Any, rules: Sequence[RuleSpec], count: int) -> None:

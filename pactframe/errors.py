@@ -55,3 +55,11 @@ class ConfigProblems(ConfigError):
         self.problems = list(problems)
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{len(self.problems)} problem(s) in {source}:\n{lines}")
+
+
+class NonFiniteError(CheckpointError):
+    """A tensor read from a checkpoint holds NaN or infinite values (``nonfinite: error``)."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A tensor read holds NaN or infinite values and ``nonfinite: warn`` lets it through."""

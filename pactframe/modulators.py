@@ -26,7 +26,7 @@ import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -144,8 +144,43 @@ class ModulatorReader:
                 f"{str(self.path)!r} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file "
                 f"(format {meta.get('format')!r}, version {meta.get('version')!r})."
             )
-        self.task_names: tuple[str, ...] = tuple(json.loads(meta["tasks"]))
-        self.shapes: dict[str, list[int]] = json.loads(meta["shapes"])
+        tasks: Any = None
+        shapes: Any = None
+        problem: str | None = None
+        try:
+            tasks = json.loads(meta["tasks"])
+            shapes = json.loads(meta["shapes"])
+        except (KeyError, ValueError, RecursionError) as exc:
+            problem = f"its 'tasks'/'shapes' metadata is missing or not JSON ({type(exc).__name__})"
+        ok_tasks = isinstance(tasks, list) and all(isinstance(t, str) for t in tasks) and tasks
+        ok_shapes = isinstance(shapes, dict) and all(
+            isinstance(v, list) and all(type(d) is int and d >= 0 for d in v)
+            for v in shapes.values()
+        )
+        if problem is None and not (ok_tasks and ok_shapes):
+            problem = "its 'tasks' must be a list of task names and 'shapes' {tensor: [dims]}"
+        if problem is None:
+            n = len(tasks)
+            for key, shape in shapes.items():
+                mask, scale = infos.get(key + "::mask"), infos.get(key + "::scale")
+                numel = int(np.prod(shape)) if shape else 1
+                if (
+                    mask is None
+                    or scale is None
+                    or mask.shape != (n, (numel + 7) // 8)
+                    or scale.shape != (n,)
+                    or mask.dtype_code != "U8"
+                    or scale.dtype_code != "F32"
+                ):
+                    problem = f"the modulators of tensor {key[:60]!r} do not match 'shapes'"
+                    break
+        if problem is not None:
+            raise CheckpointError(
+                f"{str(self.path)!r} is not a usable task-modulator file: {problem}. "
+                "Re-run the merge that wrote it."
+            )
+        self.task_names: tuple[str, ...] = tuple(tasks)
+        self.shapes: dict[str, list[int]] = shapes
         self._reader = CheckpointReader(self.path, role="task modulators")
 
     def task_index(self, task: str) -> int:

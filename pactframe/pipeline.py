@@ -88,7 +88,7 @@ class MergePipeline:
         self.spec = spec
         self.device = resolve_device(device or spec.device)
         self.compute_dtype = COMPUTE_DTYPES[spec.compute_dtype]
-        self._sources = sources
+        self._sources = None if sources is None else sources.with_nonfinite(spec.nonfinite)
         self._plan: MergePlan | None = None
         self._vocab_checked = False
         self.vocab: Any = None  # a pactframe.vocab.VocabResult once the sources are opened
@@ -116,7 +116,12 @@ class MergePipeline:
     @property
     def sources(self) -> Sources:
         if self._sources is None:
-            sources, problems = Sources.open(self.spec.base, self.spec.models)
+            sources, problems = Sources.open(
+                self.spec.base,
+                self.spec.models,
+                nonfinite=self.spec.nonfinite,
+                copy_files=self.spec.output.copy_files,
+            )
             if problems:
                 raise ConfigProblems(problems, "the checkpoints")
             self._sources = sources

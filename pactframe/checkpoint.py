@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,13 @@ import attrs
 import torch
 
 from pactframe.errors import CheckpointError, ConfigError
+from pactframe.output_safety import (
+    refuse_symlink,
+    register_temporary,
+    release_temporary,
+    sweep_stale,
+    temporary_path,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -370,7 +376,9 @@ class CheckpointWriter:
         self.dest = Path(dest)
         self.force = force
         check_destination(self.dest, force=force)
-        self.tmp = self.dest.parent / f".{self.dest.name}.pactframe-tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = temporary_path(self.dest, "tmp")
+        #: what :func:`~pactframe.output_safety.sweep_stale` found beside ``dest``
+        self.swept: list[str] = []
         self._shards = plan_shards(list(layout), shard_size)
         self._metadata = {"format": "pt", **(metadata or {})}
         self._slots: dict[str, _Slot] = {}
@@ -389,7 +397,9 @@ class CheckpointWriter:
     # context management -------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.swept = sweep_stale(self.dest)
         self.tmp.mkdir()
+        register_temporary(self.tmp)
         try:
             self._open_shards()
         except BaseException:
@@ -481,15 +491,21 @@ class CheckpointWriter:
             weight_map = {key: self.shard_names[s.file] for key, s in sorted(self._slots.items())}
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        check_destination(self.dest, force=self.force)  # again: it may have appeared meanwhile
         old = None
         if self.dest.exists():
-            check_destination(self.dest, force=self.force)
-            old = self.dest.parent / f".{self.dest.name}.pactframe-old-{uuid.uuid4().hex[:8]}"
+            old = temporary_path(self.dest, "old")
             self.dest.rename(old)
-        self.tmp.rename(self.dest)
+        try:
+            self.tmp.rename(self.dest)
+        except BaseException:
+            if old is not None:  # put the previous output back under its name
+                old.rename(self.dest)
+            raise
         self._committed = True
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        release_temporary(self.tmp)
+        if old is not None:  # best effort: a leftover is swept by the next run
+            shutil.rmtree(old, ignore_errors=True)
         return self.dest
 
     def abort(self) -> None:
@@ -500,6 +516,8 @@ class CheckpointWriter:
                 pass
         self._handles = []
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.tmp.exists():
+            release_temporary(self.tmp)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -510,7 +528,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def check_destination(dest: Path, *, force: bool) -> None:
-    """Refuse an existing destination unless ``force``; never a file in place of a folder."""
+    """Refuse an existing destination unless ``force``; never a file in place of a folder,
+    never a symbolic link (``--force`` included)."""
+    refuse_symlink(dest)
     if dest.exists() and not force:
         raise CheckpointError(
             f"The output folder {str(dest)!r} already exists. Choose another path, or pass "

@@ -22,6 +22,7 @@ them runs arbitrary code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.errors import CheckpointError, ConfigError
+from pactframe.errors import CheckpointError, ConfigError, short_repr
 from pactframe.output_safety import (
     refuse_symlink,
     register_temporary,
@@ -285,7 +286,9 @@ _UNITS = {
 def parse_size(value: Any, *, what: str = "output.shard_size") -> int:
     """``2GB`` -> 2e9 bytes, ``500MiB`` -> 500 * 2**20, ints pass through (bytes)."""
     if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a size like '2GB' or a number of bytes; got {value!r}.")
+        raise ConfigError(
+            f"{what} must be a size like '2GB' or a number of bytes; got {short_repr(value)}."
+        )
     if isinstance(value, int):
         size = value
     else:
@@ -293,12 +296,15 @@ def parse_size(value: Any, *, what: str = "output.shard_size") -> int:
         if not m:
             raise ConfigError(
                 f"{what} must be a size like '2GB', '500MB', '1.5GiB' or a number of bytes; "
-                f"got {value!r}."
+                f"got {short_repr(value)}."
             )
         unit = (m.group(2) or "").lower().rstrip("b")
-        size = int(float(m.group(1)) * _UNITS[unit])
+        number = float(m.group(1)) * _UNITS[unit]
+        if not math.isfinite(number) or number >= 2**63:
+            raise ConfigError(f"{what} is too large; got {short_repr(value)}.")
+        size = int(number)
     if size <= 0:
-        raise ConfigError(f"{what} must be positive; got {value!r}.")
+        raise ConfigError(f"{what} must be positive; got {short_repr(value)}.")
     return size
 
 

@@ -483,7 +483,15 @@ class _Parser:
         p = Path(os.path.expanduser(str(value)))
         if not p.is_absolute():
             p = self.base_dir / p
-        if self.check_files and must_exist and not p.exists():
+        try:
+            exists = p.exists()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte...
+            self.problem(
+                f"{where}: {short_repr(str(p), 400)} cannot be used as a path "
+                f"({short_text(getattr(exc, 'strerror', None) or str(exc), 200)})."
+            )
+            return None
+        if self.check_files and must_exist and not exists:
             self.problem(
                 f"{where}: {short_repr(str(p), 400)} does not exist (relative paths resolve "
                 f"against the config file's folder {short_repr(str(self.base_dir), 400)})."

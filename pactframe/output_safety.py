@@ -49,7 +49,7 @@ def _real(path: str | os.PathLike[str]) -> Path:
 def _identity(path: Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):
         return None
     return (st.st_dev, st.st_ino)
 
@@ -74,7 +74,7 @@ def _expand(label: str, path: Path) -> list[tuple[str, Path]]:
                     break
                 if child.is_symlink():
                     out.append((f"{label}'s file {child.name!r} (a link to)", child.resolve()))
-    except OSError:
+    except (OSError, ValueError, RuntimeError):  # unreadable, odd name, a link loop
         pass
     return out
 

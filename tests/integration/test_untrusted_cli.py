@@ -521,3 +521,51 @@ def test_stale_temporaries_removed_only_when_their_owner_is_gone(tmp_path, capsy
     code, _, err = run_cli(capsys, "merge", cfg, out, "--quiet", "--force")
     assert code == 0 and f"removed '{dead_old}'" in err and not dead_old.exists()
     assert live_tmp.exists()  # still not ours to remove
+
+
+def test_which_merger_takes_the_norms_is_what_the_docs_say(tmp_path, capsys):
+    """docs/config.md: with tsv_m the norms and biases are merged by tsv_m's own
+    `fallback` (times its scaling); the top-level fallback takes only excluded tensors,
+    and `validate` says so."""
+    import json
+
+    import torch
+
+    cfg = make_inputs(
+        tmp_path / "ex",
+        merger={"name": "tsv_m", "scaling": 0.5},
+        fallback={"name": "task_arithmetic", "scaling": 0.25},
+        rules=[{"match": "lm_head", "exclude": True}],
+    )
+    code = main(["validate", str(cfg), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert (
+        "note: tsv_m merges the tensors that are not matrices (norms, biases) itself, with its "
+        "own fallback 'average' times its scaling; the top-level fallback takes only tensors a "
+        "merger refuses or a rule excludes." in out
+    )
+    merged_dir = tmp_path / "out"
+    assert main(["merge", str(cfg), str(merged_dir), "--quiet"]) == 0
+    report = {t["name"]: t for t in json.loads((merged_dir / "merge_report.json").read_text())[
+        "tensors"
+    ]}
+    norm = report["layers.0.norm.weight"]
+    assert norm["handler"] == "recipe" and norm["merger"] == "tsv_m"
+    assert report["lm_head.weight"]["handler"] == "fallback"
+    assert report["lm_head.weight"]["merger"] == "task_arithmetic"
+    # the values: base + 0.5 * mean(deltas) for the norm, base + 0.25 * sum for lm_head
+    from tests.integration._pipeline_helpers import finetune, tiny_model
+
+    base = tiny_model(0)
+    fts = [finetune(base, t + 1) for t in range(2)]
+    merged = load_output(merged_dir)
+    for key, expected in (
+        ("layers.0.norm.weight", base["layers.0.norm.weight"].double()
+         + 0.5 * sum(f["layers.0.norm.weight"].double() - base["layers.0.norm.weight"].double()
+                     for f in fts) / 2),
+        ("lm_head.weight", base["lm_head.weight"].double()
+         + 0.25 * sum(f["lm_head.weight"].double() - base["lm_head.weight"].double()
+                      for f in fts)),
+    ):
+        assert torch.allclose(merged[key].double(), expected, atol=1e-6), key

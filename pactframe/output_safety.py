@@ -128,12 +128,22 @@ def check_output(
             if relation is None:
                 continue
             _refuse(out, out_real, relation, what, Path(target), in_real)
-    always = [("the working directory", Path.cwd()), ("your home directory", Path.home())]
-    for label, path in [*protected, *always]:
+    for label, path in [*protected, *_always_protected()]:
         in_real = _real(path)
         relation = _relation(out_real, in_real)
         if relation in ("same", "contains"):
             _refuse(out, out_real, relation, label, Path(path), in_real)
+
+
+def _always_protected() -> list[tuple[str, Path]]:
+    """The working directory and the home directory (when they can be determined)."""
+    out = []
+    for label, get in (("the working directory", Path.cwd), ("your home directory", Path.home)):
+        try:
+            out.append((label, get()))
+        except (OSError, RuntimeError, KeyError):  # a deleted cwd, no HOME and no passwd entry
+            continue
+    return out
 
 
 def refuse_symlink(out: Path) -> None:

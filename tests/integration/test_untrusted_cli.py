@@ -428,40 +428,53 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def start_slow_merge(tmp_path: Path, out: Path) -> subprocess.Popen:
+def launch_slow_merge(tmp_path: Path, out: Path) -> subprocess.Popen:
     cfg = make_inputs(tmp_path / "ex")
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", SLOW_MERGE, "merge", str(cfg), str(out), "--quiet"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
+
+
+def wait_until_writing(proc: subprocess.Popen, out: Path) -> None:
     deadline = time.monotonic() + 120
     while not leftovers(out.parent):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the merge never started"
         time.sleep(0.05)
     time.sleep(0.4)  # a tensor or two written
+
+
+def start_slow_merge(tmp_path: Path, out: Path) -> subprocess.Popen:
+    proc = launch_slow_merge(tmp_path, out)
+    wait_until_writing(proc, out)
     return proc
 
 
-@pytest.mark.parametrize(
-    ("sig", "status"),
-    [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)],
-)
-def test_signals_exit_128_plus_n_and_clean_up(tmp_path, sig, status):
-    out = tmp_path / "out"
-    proc = start_slow_merge(tmp_path, out)
-    proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
-    text = err.decode()
-    assert proc.returncode == status, text
-    assert text.splitlines()[-1] == (
-        f"pactframe merge: interrupted by {signal.Signals(sig).name}; its temporary files "
-        "were removed"
-    )
-    assert "Traceback" not in text
-    assert not out.exists() and leftovers(tmp_path) == []
+def test_signals_exit_128_plus_n_and_clean_up(tmp_path):
+    """SIGTERM -> 143, SIGINT -> 130, SIGHUP -> 129: one line, no traceback, no output and
+    no temporary folder (three merges run side by side to keep the test short)."""
+    cases = [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)]
+    runs = []
+    for sig, status in cases:
+        folder = tmp_path / signal.Signals(sig).name
+        folder.mkdir()
+        runs.append((sig, status, folder, launch_slow_merge(folder, folder / "out")))
+    for sig, _, folder, proc in runs:
+        wait_until_writing(proc, folder / "out")
+        proc.send_signal(sig)
+    for sig, status, folder, proc in runs:
+        _, err = proc.communicate(timeout=60)
+        text = err.decode()
+        assert proc.returncode == status, text
+        assert text.splitlines()[-1] == (
+            f"pactframe merge: interrupted by {signal.Signals(sig).name}; its temporary files "
+            "were removed"
+        )
+        assert "Traceback" not in text
+        assert not (folder / "out").exists() and leftovers(folder) == []
 
 
 def test_a_killed_runs_temporary_folder_is_removed_by_the_next_run(tmp_path, capsys):

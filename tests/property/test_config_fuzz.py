@@ -126,6 +126,64 @@ configs = st.fixed_dictionaries(
         "merge_method": values,
     },
 )
+#: mergekit-shaped configs (converted when ``merge_method`` is present)
+mergekit_params = st.fixed_dictionaries(
+    {},
+    optional={k: values for k in ("weight", "density", "t", "lambda", "normalize", "rescale")},
+)
+mergekit_configs = st.fixed_dictionaries(
+    {
+        "merge_method": st.one_of(
+            st.sampled_from(
+                ["linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp",
+                 "passthrough", "della"]
+            ),
+            values,
+        )
+    },
+    optional={
+        "base_model": st.one_of(st.sampled_from(["base.safetensors", "org/model"]), values),
+        "models": st.one_of(
+            st.lists(
+                st.one_of(
+                    st.fixed_dictionaries(
+                        {"model": st.one_of(st.sampled_from(["ft0.safetensors", "a+b"]), values)},
+                        optional={"parameters": st.one_of(mergekit_params, values)},
+                    ),
+                    values,
+                ),
+                max_size=3,
+            ),
+            values,
+        ),
+        "slices": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {},
+                    optional={
+                        "sources": st.one_of(
+                            st.lists(
+                                st.fixed_dictionaries(
+                                    {"model": values},
+                                    optional={"layer_range": values, "parameters": values},
+                                ),
+                                max_size=2,
+                            ),
+                            values,
+                        )
+                    },
+                ),
+                max_size=2,
+            ),
+            values,
+        ),
+        "parameters": st.one_of(mergekit_params, values),
+        "dtype": values,
+        "out_dtype": values,
+        "tokenizer_source": values,
+        "modules": values,
+    },
+)
 YAML_CHARS = "ab:-[]{},&*!|>'\"#%@`?\n\t \\0123456789.eE+~"
 raw_texts = st.text(alphabet=st.sampled_from(YAML_CHARS), max_size=300)
 
@@ -176,6 +234,18 @@ def test_random_configs_load_or_raise_a_pactframe_error(folder, registry, data):
     try:
         text = yaml.safe_dump(data, allow_unicode=True)
     except yaml.YAMLError:  # values PyYAML itself cannot represent
+        return
+    check_document(folder, registry, text.encode("utf-8", "surrogatepass"))
+
+
+@FUZZ
+@given(data=mergekit_configs)
+def test_random_mergekit_shaped_configs_load_or_raise_a_pactframe_error(folder, registry, data):
+    """Configs shaped like mergekit's (``merge_method``, ``models[].parameters``,
+    ``slices``) with random values: a MergeSpec or a PactframeError, quickly."""
+    try:
+        text = yaml.safe_dump(data, allow_unicode=True)
+    except yaml.YAMLError:
         return
     check_document(folder, registry, text.encode("utf-8", "surrogatepass"))
 

@@ -28,12 +28,9 @@ import socket
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pactframe.errors import OutputPathError
-
-if TYPE_CHECKING:
-    from pactframe.config import MergeSpec
 
 log = logging.getLogger("pactframe")
 
@@ -169,8 +166,10 @@ def _refuse(
     )
 
 
-def merge_inputs(spec: MergeSpec) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-    """``(inputs, protected)`` of a merge: base, models, covariances; the config's folder."""
+def merge_inputs(spec: Any) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """``(inputs, protected)`` of a merge (a :class:`~pactframe.config.MergeSpec`): base,
+    models, covariances; the config's folder. (Typed ``Any``: this module sits below
+    :mod:`pactframe.config` and imports nothing of it.)"""
     inputs: list[tuple[str, Path]] = [("the base model", spec.base)]
     for m in spec.models:
         inputs.append((f"the model {m.name!r}", m.path))

@@ -22,11 +22,11 @@ them runs arbitrary code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -34,7 +34,14 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.errors import CheckpointError, ConfigError
+from pactframe.errors import CheckpointError, ConfigError, short_repr
+from pactframe.output_safety import (
+    refuse_symlink,
+    register_temporary,
+    release_temporary,
+    sweep_stale,
+    temporary_path,
+)
 from pactframe.safetensors_header import (
     DTYPE_FROM_CODE,
     MAX_HEADER_BYTES,
@@ -313,7 +320,9 @@ _UNITS = {
 def parse_size(value: Any, *, what: str = "output.shard_size") -> int:
     """``2GB`` -> 2e9 bytes, ``500MiB`` -> 500 * 2**20, ints pass through (bytes)."""
     if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a size like '2GB' or a number of bytes; got {value!r}.")
+        raise ConfigError(
+            f"{what} must be a size like '2GB' or a number of bytes; got {short_repr(value)}."
+        )
     if isinstance(value, int):
         size = value
     else:
@@ -321,12 +330,15 @@ def parse_size(value: Any, *, what: str = "output.shard_size") -> int:
         if not m:
             raise ConfigError(
                 f"{what} must be a size like '2GB', '500MB', '1.5GiB' or a number of bytes; "
-                f"got {value!r}."
+                f"got {short_repr(value)}."
             )
         unit = (m.group(2) or "").lower().rstrip("b")
-        size = int(float(m.group(1)) * _UNITS[unit])
+        number = float(m.group(1)) * _UNITS[unit]
+        if not math.isfinite(number) or number >= 2**63:
+            raise ConfigError(f"{what} is too large; got {short_repr(value)}.")
+        size = int(number)
     if size <= 0:
-        raise ConfigError(f"{what} must be positive; got {value!r}.")
+        raise ConfigError(f"{what} must be positive; got {short_repr(value)}.")
     return size
 
 
@@ -404,7 +416,9 @@ class CheckpointWriter:
         self.dest = Path(dest)
         self.force = force
         check_destination(self.dest, force=force)
-        self.tmp = self.dest.parent / f".{self.dest.name}.pactframe-tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = temporary_path(self.dest, "tmp")
+        #: what :func:`~pactframe.output_safety.sweep_stale` found beside ``dest``
+        self.swept: list[str] = []
         self._shards = plan_shards(list(layout), shard_size)
         self._metadata = {"format": "pt", **(metadata or {})}
         self._slots: dict[str, _Slot] = {}
@@ -423,7 +437,9 @@ class CheckpointWriter:
     # context management -------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.swept = sweep_stale(self.dest)
         self.tmp.mkdir()
+        register_temporary(self.tmp)
         try:
             self._open_shards()
         except BaseException:
@@ -515,15 +531,21 @@ class CheckpointWriter:
             weight_map = {key: self.shard_names[s.file] for key, s in sorted(self._slots.items())}
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        check_destination(self.dest, force=self.force)  # again: it may have appeared meanwhile
         old = None
         if self.dest.exists():
-            check_destination(self.dest, force=self.force)
-            old = self.dest.parent / f".{self.dest.name}.pactframe-old-{uuid.uuid4().hex[:8]}"
+            old = temporary_path(self.dest, "old")
             self.dest.rename(old)
-        self.tmp.rename(self.dest)
+        try:
+            self.tmp.rename(self.dest)
+        except BaseException:
+            if old is not None:  # put the previous output back under its name
+                old.rename(self.dest)
+            raise
         self._committed = True
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        release_temporary(self.tmp)
+        if old is not None:  # best effort: a leftover is swept by the next run
+            shutil.rmtree(old, ignore_errors=True)
         return self.dest
 
     def abort(self) -> None:
@@ -534,6 +556,8 @@ class CheckpointWriter:
                 pass
         self._handles = []
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.tmp.exists():
+            release_temporary(self.tmp)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -544,7 +568,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def check_destination(dest: Path, *, force: bool) -> None:
-    """Refuse an existing destination unless ``force``; never a file in place of a folder."""
+    """Refuse an existing destination unless ``force``; never a file in place of a folder,
+    never a symbolic link (``--force`` included)."""
+    refuse_symlink(dest)
     if dest.exists() and not force:
         raise CheckpointError(
             f"The output folder {str(dest)!r} already exists. Choose another path, or pass "

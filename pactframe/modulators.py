@@ -38,6 +38,7 @@ from pactframe.checkpoint import (
     read_header,
 )
 from pactframe.errors import CheckpointError, InputError
+from pactframe.output_safety import check_output
 
 MODULATOR_FILE = "task_modulators.safetensors"  # in checkpoint.NON_WEIGHT_SAFETENSORS
 FORMAT_NAME = "pactframe-task-modulators"
@@ -228,6 +229,7 @@ def materialize(
                 f"Cannot find the base model of {str(merged_dir)!r} in {str(report)!r} ({exc}); "
                 "pass it explicitly with --base PATH."
             ) from exc
+    check_output(dest, [("the merged model", merged_dir), ("the base model", Path(base))])
     merged = CheckpointReader(merged_dir, role="merged model")
     base_reader = CheckpointReader(Path(base), role="base model")
     layout = [(k, merged.info(k).shape, merged.info(k).dtype) for k in merged.keys()]

@@ -39,6 +39,7 @@ from pactframe.config import ConfigProblems, MergeSpec, RecipeSpec
 from pactframe.device import COMPUTE_DTYPES, peak_device_bytes, peak_rss_bytes, resolve_device
 from pactframe.errors import ConfigError, InputError
 from pactframe.modulators import ModulatorWriter
+from pactframe.output_safety import check_output, merge_inputs
 from pactframe.plan import COPY, FALLBACK, RECIPE, MergePlan, TensorPlan, make_plan, needs_prepass
 from pactframe.progress import Progress
 from pactframe.registry import Registry
@@ -327,6 +328,8 @@ class MergePipeline:
         from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
 
         started = time.perf_counter()
+        inputs, protected = merge_inputs(self.spec)
+        check_output(out, inputs, protected=protected)  # never over an input, force or not
         plan = self.plan()  # every check happens before the output folder is touched
         self.timings["plan_s"] = time.perf_counter() - started
         layout = [(t.name, t.shape, t.out_dtype) for t in plan.tensors]

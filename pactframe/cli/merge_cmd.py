@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def interrupt_on_sigterm() -> None:
     """Turn SIGTERM (``kill``, job schedulers) into KeyboardInterrupt, so an
-    interrupted merge removes its temporary folder as it does on Ctrl-C."""
+    interrupted merge removes its temporary folder as it does on Ctrl-C (for scripts
+    calling the API; the CLI's :func:`pactframe.cli.main` handles SIGINT, SIGTERM
+    and SIGHUP itself)."""
     import signal
 
     def _raise(signum: int, frame: object) -> None:
@@ -31,13 +33,16 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pactframe.checkpoint import check_destination, format_bytes
+    from pactframe.cli._output import prepare_output
     from pactframe.config import load_config
+    from pactframe.output_safety import merge_inputs
     from pactframe.pipeline import MergePipeline
 
     spec = load_config(args.config)
+    inputs, protected = merge_inputs(spec)
+    prepare_output("merge", args.out, inputs, protected)  # never over an input, --force or not
     check_destination(Path(args.out), force=args.force)  # fail before planning work
     pipeline = MergePipeline(spec, device=args.device)
-    interrupt_on_sigterm()
     report = pipeline.run(args.out, force=args.force, progress=not args.quiet)
     s = report["summary"]
     t = report["timings"]

@@ -1,4 +1,4 @@
-"""Intrusion energy (PACT paper eq. 37), invariant 11 of ALGORITHMS.md section 1.4."""
+"""Intrusion energy (PACT paper eq. 37), docs/invariants.md (PACT) and docs/pact.md."""
 
 from __future__ import annotations
 

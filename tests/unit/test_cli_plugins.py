@@ -1,8 +1,8 @@
 """``pactframe plugins``: every registered component by kind, with its provider,
 parameters and defaults (text and ``--json``); ``python -m pactframe`` works.
 
-Expected defaults are the documented ones (docs/decomposers.md, ALGORITHMS.md
-Part 1: oversampling p = 10, 2 power iterations, CorDA damping 0.01 relative,
+Expected defaults are the documented ones (docs/decomposers.md, docs/pact.md,
+docs/pave.md: oversampling p = 10, 2 power iterations, CorDA damping 0.01 relative,
 tolerance 0.05), not read back from the classes.
 """
 

@@ -3,7 +3,7 @@
 Shi et al., "PACT: Preserving Anchored Cores in Task-vectors for Model
 Merging", arXiv 2606.18627; the operator as implemented in the authors' code
 (``full-finetune/src/utils/pact_utils.py``), with the three defects of that
-code fixed (see ``docs/pact.md`` and ALGORITHMS.md, Part 2, section 1).
+code fixed (see ``docs/pact.md``).
 
 The subspace helpers below (:func:`core_basis`, :func:`relied_subspace`,
 :func:`protect_bases`...) are shared with the ``intrusion_energy`` evaluator.

@@ -36,7 +36,7 @@ from typing import Any
 import attrs
 
 from pactframe.checkpoint import parse_size
-from pactframe.contracts import Component, Evaluator, Merger, Preprocessor
+from pactframe.contracts import Component, Evaluator, Executor, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import ConfigError, PactframeError
 from pactframe.registry import Registry, build_registry
@@ -54,6 +54,7 @@ TOP_KEYS = (
     "seed",
     "output",
     "prefetch",
+    "executor",
 )
 MODEL_KEYS = ("name", "path", "covariance")
 RULE_KEYS = ("match", "merger", "preprocessors", "exclude")
@@ -145,6 +146,9 @@ class MergeSpec:
     output: OutputSpec = OutputSpec()
     prefetch: int = 1
     source: Path | None = None
+    #: where the work units run (``None``: this process, as the ``local`` executor);
+    #: not part of :meth:`to_dict`: the report's ``executor`` section records it
+    executor: Executor | None = None
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -383,6 +387,9 @@ class _Parser:
                 f"prefetch: must be an int in [0, 8] (tensor names read ahead); got {prefetch!r}."
             )
         output = self.output(data.get("output"))
+        executor = None
+        if data.get("executor") is not None:  # absent: this process (docs/executors.md)
+            executor = self.component("executor", "executor", data["executor"])
         if self.problems:
             return None
         assert base is not None and recipe is not None  # else a problem was recorded
@@ -399,6 +406,7 @@ class _Parser:
             output=output,
             prefetch=prefetch,
             source=source,  # type: ignore[arg-type]
+            executor=executor,  # type: ignore[arg-type]
         )
 
     def models(self, value: Any) -> tuple[ModelSpec, ...]:

@@ -44,3 +44,7 @@ class ConfigError(PactframeError, ValueError):
 
 class CheckpointError(PactframeError):
     """A checkpoint or covariance file is missing, unreadable or inconsistent."""
+
+
+class ExecutorError(PactframeError):
+    """An executor could not start, lost a worker, or cannot run this merge."""

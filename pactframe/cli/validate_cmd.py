@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+import attrs
+
 help = "check a merge config and the checkpoint headers without merging; print the plan"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the merge config (YAML)")
     parser.add_argument("--quiet", action="store_true", help="only the summary, not every tensor")
+    from pactframe.cli.merge_cmd import add_executor_arguments
+
+    add_executor_arguments(parser)
 
 
-def collect(config_path: str) -> tuple[object | None, list[str]]:
-    """``(plan or None, every problem)``: config problems, then file/header problems
-    (checked even when the recipe part of the config is wrong)."""
+def collect(
+    config_path: str, executor: str | None = None, workers: int | None = None
+) -> tuple[object | None, list[str]]:
+    """``(plan or None, every problem)``: config problems, the executor's settings, then
+    file/header problems (checked even when the recipe part of the config is wrong)."""
     from pathlib import Path
 
     from pactframe.config import analyse_config, read_yaml
@@ -26,6 +33,17 @@ def collect(config_path: str) -> tuple[object | None, list[str]]:
         read_yaml(config_path), base_dir=Path(config_path).parent, source=Path(config_path)
     )
     problems = list(found.problems)
+    if found.spec is not None:
+        from pactframe.api import with_executor
+        from pactframe.errors import PactframeError
+
+        try:
+            spec = with_executor(found.spec, executor, workers)
+            found = attrs.evolve(found, spec=spec)
+            if spec.executor is not None:  # before any tensor is read
+                problems += [f"executor {spec.executor.name!r}: {p}" for p in spec.executor.check()]
+        except PactframeError as exc:
+            problems.append(f"executor: {exc}")
     if found.base is None or not found.models:
         return None, problems
     paths_ok = (
@@ -47,7 +65,7 @@ def collect(config_path: str) -> tuple[object | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    plan, problems = collect(args.config)
+    plan, problems = collect(args.config, args.executor, args.workers)
     if plan is not None:
         text = plan.describe()  # type: ignore[attr-defined]
         print("\n".join(text.splitlines()[:3]) if args.quiet else text)

@@ -334,7 +334,9 @@ def check_prepass_split(inst: Preprocessor | Merger) -> None:
     bundles into contiguous runs gives the same outputs, bit for bit, as ``prepare``."""
     if not inst.needs_prepass or not splits_prepass(inst):
         return
-    second = [attrs.evolve(b, name=b.name.replace("layers.0", "layers.1")) for b in sample_bundles(1)]
+    second = [
+        attrs.evolve(b, name=b.name.replace("layers.0", "layers.1")) for b in sample_bundles(1)
+    ]
     bundles = sample_bundles() + second
     whole = inst.prepare(iter(bundles))
     expected = [_outputs(inst, b, whole) for b in bundles]

@@ -157,8 +157,9 @@ class ProcessRunner:
             w.outstanding.clear()
             self._send(w, message)
         pending: deque[tuple[int, Any]] = deque(enumerate(units))
-        for w in self._workers:
-            self._feed(w, pending)
+        for depth in range(1, PER_WORKER + 1):  # one unit each first: few big units spread
+            for w in self._workers:
+                self._feed(w, pending, depth)
         remaining = len(units)
         while remaining:
             waitables: list[Any] = [w.conn for w in self._workers]
@@ -178,11 +179,11 @@ class ProcessRunner:
                 if kind == "error":
                     raise unpack_exception(payload, f"worker {w.label} ({unit_label(unit)})")
                 remaining -= 1
-                self._feed(w, pending)
+                self._feed(w, pending, PER_WORKER)
                 yield index, payload
 
-    def _feed(self, w: _Worker, pending: deque[tuple[int, Any]]) -> None:
-        while pending and len(w.outstanding) < PER_WORKER:
+    def _feed(self, w: _Worker, pending: deque[tuple[int, Any]], depth: int) -> None:
+        while pending and len(w.outstanding) < depth:
             index, unit = pending.popleft()
             w.outstanding.append((index, unit))
             self._send(w, pickle.dumps(("unit", index, unit), protocol=pickle.HIGHEST_PROTOCOL))

@@ -111,9 +111,10 @@ def test_the_local_run_exercises_randomness_two_pass_chains_and_modulators(merge
     assert len([p for p in out.glob("model-*.safetensors")]) > 1
     sources = {r["source"] for e in report["tensors"] for r in e.get("records", [])}
     assert {"dare", "pact", "pave", "ties", "emr"} <= sources
-    pave = [r["data"] for e in report["tensors"] for r in e.get("records", []) if r["source"] == "pave"]
+    records = [r for e in report["tensors"] for r in e.get("records", [])]
+    pave = [r["data"] for r in records if r["source"] == "pave"]
     assert pave and all(d.get("scope") == "model" for d in pave if d["action"] == "purified")
-    ties = [r["data"] for e in report["tensors"] for r in e.get("records", []) if r["source"] == "ties"]
+    ties = [r["data"] for r in records if r["source"] == "ties"]
     assert ties and all(d["trim_scope"] == "global" for d in ties)
     assert report["executor"]["name"] == "local"
     assert list(report["executor"]["workers"]) and report["executor"]["parallelism"] == 1

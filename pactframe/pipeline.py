@@ -281,6 +281,8 @@ class MergePipeline:
         if problems:
             raise ConfigProblems(problems, "the executor settings")
         plan = self.plan()  # every check happens before the output folder is touched
+        if not self._runs_here:
+            self._job({}, False)  # in-memory inputs cannot go to other processes
         self.timings["plan_s"] = time.perf_counter() - started
         layout = [(t.name, t.shape, t.out_dtype) for t in plan.tensors]
         bar = (

@@ -79,6 +79,11 @@ class ProcessExecutor(Executor):
         help="torch intra-op threads per worker (None: the CPUs divided among the workers)",
     )
 
+    def worker_devices(self) -> list[str | None]:
+        """Worker ``i``'s device: ``devices[i % len(devices)]`` (``None``: the merge's)."""
+        d = self.devices
+        return [d[i % len(d)] if d else None for i in range(self.workers)]
+
     def threads_per_worker(self) -> int:
         return self.threads if self.threads is not None else max(1, cpu_count() // self.workers)
 
@@ -136,9 +141,7 @@ class ProcessRunner:
         self._workers: list[_Worker] = []
         self._closed = False
         try:
-            for i in range(executor.workers):
-                devices = executor.devices
-                device = devices[i % len(devices)] if devices else None
+            for i, device in enumerate(executor.worker_devices()):
                 label = f"process-{i}"
                 parent, child = ctx.Pipe(duplex=True)
                 proc = ctx.Process(

@@ -176,8 +176,14 @@ class MergePipeline:
     def _note(self, result: TensorResult | PrepassResult, prepass: bool) -> None:
         w = self._workers.setdefault(
             result.worker,
-            {"device": result.device, "tensors": 0, "compute_s": 0.0, "prepass_s": 0.0,
-             "peak_rss_bytes": 0},
+            {
+                "device": result.device,
+                "tensors": 0,
+                "compute_s": 0.0,
+                "prepass_s": 0.0,
+                "peak_rss_bytes": 0,
+                "baseline_rss_bytes": result.worker_baseline_rss,
+            },
         )
         if prepass:
             w["prepass_s"] += result.seconds

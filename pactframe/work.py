@@ -54,6 +54,16 @@ class WorkerInfo:
 
 
 _CURRENT: list[WorkerInfo] = []
+_BASELINE_RSS: list[int] = []  # this process's RSS before its first unit
+
+
+def current_rss_bytes() -> int:
+    """Resident set size of this process now (Linux ``/proc``; elsewhere the peak)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return peak_rss_bytes()
 
 
 def set_worker(info: WorkerInfo | None) -> None:
@@ -119,6 +129,7 @@ class TensorResult:
     seconds: float = 0.0
     worker_peak_rss: int = 0
     device: str = ""
+    worker_baseline_rss: int = 0  # the worker's RSS before its first unit
     merged: MergedTensor | None = None  # on the device; None for copies and remote runs
     original: LayerBundle | None = None  # as read (device, compute dtype)
     processed: LayerBundle | None = None  # after the preprocessors
@@ -131,6 +142,7 @@ class PrepassResult:
     seconds: float
     worker_peak_rss: int
     device: str = ""
+    worker_baseline_rss: int = 0
 
 
 @attrs.frozen(eq=False)
@@ -214,6 +226,8 @@ class TensorWorker:
     """Runs units of one :class:`MergeJob` in one process (sources opened once)."""
 
     def __init__(self, job: MergeJob) -> None:
+        if not _BASELINE_RSS:
+            _BASELINE_RSS.append(current_rss_bytes())
         self.job = job
         self.spec = job.spec
         info = current_worker()
@@ -284,7 +298,9 @@ class TensorWorker:
         else:
             partial = component.prepare(bundles)
         seconds = time.perf_counter() - start
-        return PrepassResult(partial, self.label, seconds, peak_rss_bytes(), str(self.device))
+        return PrepassResult(
+            partial, self.label, seconds, peak_rss_bytes(), str(self.device), _BASELINE_RSS[0]
+        )
 
     def _prepass_bundles(
         self, recipe: RecipeSpec, r_index: int, upto: int, tensors: tuple[TensorPlan, ...]
@@ -395,6 +411,7 @@ class TensorWorker:
             seconds,
             peak_rss_bytes(),
             str(self.device),
+            _BASELINE_RSS[0],
             merged,
             original,
             processed,

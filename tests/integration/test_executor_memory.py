@@ -34,7 +34,7 @@ def _write(root: Path) -> dict:
         (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     return {
         "base": str(root / "m0"),
-        "models": [{"name": "a", "path": str(root / "m1")}, {"name": "b", "path": str(root / "m2")}],
+        "models": [{"name": n, "path": str(root / f"m{i + 1}")} for i, n in enumerate("ab")],
         "merger": "t_sum",
         "fallback": "t_mean",
         "output": {"shard_size": "8MB"},

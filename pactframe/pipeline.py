@@ -138,11 +138,9 @@ class MergePipeline:
         return [f"executor {ex.name!r}: {p}" for p in ex.check()]
 
     def _start(self) -> Any:
+        """The executor's runner (its settings were checked by :meth:`run`)."""
         if self.executor is None:
             return InProcessRunner()
-        problems = self.executor_problems()
-        if problems:
-            raise ConfigProblems(problems, "the executor settings")
         return self.executor.start()
 
     def _job(
@@ -154,8 +152,10 @@ class MergePipeline:
     ) -> MergeJob:
         if in_process:
             return MergeJob(self.spec, states, str(self.device), self.sources, stage, keep)
-        if self._sources is not None and not all(
-            hasattr(s, "reader") for s in (self._sources.base, *self._sources.models)
+        src = self._sources
+        if src is not None and not (
+            all(hasattr(s, "reader") for s in (src.base, *src.models))
+            and all(c is None or hasattr(c, "path") for c in src.covariances)
         ):
             raise ConfigError(
                 f"The {self.executor_name!r} executor runs units in other processes, which read "

@@ -139,6 +139,7 @@ class RayRunner:
         self.executor = executor
         self.parallelism = executor.workers
         self._owned = False
+        self._inflight: dict[Any, tuple[int, Any]] = {}
         if not ray.is_initialized():
             if executor.address is None:
                 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -171,7 +172,8 @@ class RayRunner:
         task_ref = ray.put(task)
         threads = self.executor.threads_per_task()
         todo = iter(enumerate(units))
-        pending: dict[Any, tuple[int, Any]] = {}
+        pending = self._inflight  # close() cancels what is left (Ctrl-C in the consumer)
+        pending.clear()
 
         def submit() -> None:
             for index, unit in todo:
@@ -189,11 +191,15 @@ class RayRunner:
                 submit()
                 yield index, value
         finally:
-            for ref in pending:
-                try:
-                    ray.cancel(ref, force=True)
-                except Exception:  # noqa: BLE001 - best effort on the way out
-                    pass
+            self._cancel()
+
+    def _cancel(self) -> None:
+        for ref in list(self._inflight):
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001 - best effort on the way out
+                pass
+        self._inflight.clear()
 
     def _get(self, ref: Any, unit: Any) -> Any:
         ray = self._ray
@@ -213,6 +219,7 @@ class RayRunner:
             ) from exc
 
     def close(self) -> None:
+        self._cancel()
         if self._owned:
             self._owned = False
             self._ray.shutdown()

@@ -54,6 +54,7 @@ from pactframe.work import (
     TensorResult,
     TensorUnit,
     jsonable,
+    open_sources,
 )
 
 REPORT_FILE = "merge_report.json"
@@ -114,11 +115,8 @@ class MergePipeline:
     @property
     def sources(self) -> Sources:
         if self._sources is None:
-            sources, problems = Sources.open(self.spec.base, self.spec.models)
-            if problems:
-                raise ConfigProblems(problems, "the checkpoints")
-            self._sources = sources
-        return self._sources  # type: ignore[return-value]
+            self._sources = open_sources(self.spec)  # as every worker opens them
+        return self._sources
 
     def plan(self) -> MergePlan:
         """Check every header and route every tensor (no tensor data is read)."""

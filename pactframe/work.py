@@ -155,6 +155,16 @@ class Inputs:
     owned: bool = False  # True when the tensors are fresh buffers nobody else holds
 
 
+def open_sources(spec: MergeSpec, where: str = "the checkpoints") -> Sources:
+    """The sources of the files ``spec`` names, opened as every process of a merge opens
+    them: the driver (to plan) and each worker (to read its own tensors) call this, so
+    whatever wraps the sources (checks on read, vocabulary handling) belongs here."""
+    sources, problems = Sources.open(spec.base, spec.models)
+    if problems or sources is None:
+        raise ConfigProblems(problems, where)
+    return sources
+
+
 # ------------------------------------------------------------------ the job
 @attrs.frozen(eq=False)
 class MergeJob:
@@ -240,10 +250,7 @@ class TensorWorker:
     @property
     def sources(self) -> Sources:
         if self._sources is None:
-            sources, problems = Sources.open(self.spec.base, self.spec.models)
-            if problems or sources is None:
-                raise ConfigProblems(problems, f"the checkpoints (worker {self.label})")
-            self._sources = sources
+            self._sources = open_sources(self.spec, f"the checkpoints (worker {self.label})")
         return self._sources
 
     # reading and placing -------------------------------------------------

@@ -37,7 +37,7 @@ from typing import Any
 import attrs
 
 from pactframe.checkpoint import parse_size
-from pactframe.contracts import Component, Evaluator, Merger, Preprocessor
+from pactframe.contracts import Component, Evaluator, Executor, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import (
     ConfigError,
@@ -66,6 +66,7 @@ TOP_KEYS = (
     "vocab",
     "input_dtype",
     "nonfinite",
+    "executor",
 )
 MODEL_KEYS = ("name", "path", "covariance", "weight")
 VOCAB_MODES = ("base", "union")
@@ -159,6 +160,9 @@ class MergeSpec:
     notes: tuple[str, ...] = ()
     #: what reading a NaN/inf weight does: error, warn or ignore (pactframe.sources)
     nonfinite: str = "error"
+    #: where the work units run (``None``: this process, as the ``local`` executor);
+    #: not part of :meth:`to_dict`: the report's ``executor`` section records it
+    executor: Executor | None = None
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -620,6 +624,9 @@ class _Parser:
                 f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)} (what a NaN or "
                 f"infinite weight does); got {repr(nonfinite)[:60]}."
             )
+        executor = None
+        if data.get("executor") is not None:  # absent: this process (docs/executors.md)
+            executor = self.component("executor", "executor", data["executor"])
         if self.problems:
             return None
         assert base is not None and recipe is not None  # else a problem was recorded
@@ -639,6 +646,7 @@ class _Parser:
             vocab=vocab,
             input_dtype=input_dtype,
             nonfinite=nonfinite,
+            executor=executor,  # type: ignore[arg-type]
         )
 
     def check_model_count(self, recipe: Any, rules: Sequence[RuleSpec], count: int) -> None:

@@ -75,6 +75,8 @@ class NonFiniteError(CheckpointError):
 
 class NonFiniteWarning(UserWarning):
     """A tensor read holds NaN or infinite values and ``nonfinite: warn`` lets it through."""
+
+
 class OutputPathError(PactframeError, ValueError):
     """An output path pactframe refuses to write: it overlaps an input, or it is a
     symbolic link (``--force`` does not override this)."""
@@ -121,3 +123,7 @@ def short_text(text: str, limit: int = 600) -> str:
         return text
     keep = limit - 5
     return text[: keep - keep // 3] + " ... " + text[len(text) - keep // 3 :]
+
+
+class ExecutorError(PactframeError):
+    """An executor could not start, lost a worker, or cannot run this merge."""

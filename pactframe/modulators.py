@@ -100,11 +100,32 @@ class ModulatorWriter:
             self._offset += len(data)
         self._shapes[key] = [int(s) for s in shape]
 
-    def finish(self) -> Path | None:
-        """Assemble the safetensors file (header + the raw data); ``None`` if nothing was added."""
+    def finish(self, order: Sequence[str] | None = None) -> Path | None:
+        """Assemble the safetensors file (header + the raw data); ``None`` if nothing was added.
+
+        ``order``: tensor keys in the order the file lists them (e.g. the plan's), so
+        the file's bytes do not depend on the order tensors arrived in; keys not in
+        ``order`` follow in arrival order. The data is copied segment by segment.
+        """
         if self._raw is None:
             return None
         self._raw.close()
+        arrival = list(self._shapes)
+        keys = arrival
+        if order is not None:
+            rank = {k: i for i, k in enumerate(order)}
+            came = {k: i for i, k in enumerate(arrival)}
+            keys = sorted(arrival, key=lambda k: (rank.get(k, len(rank)), came[k]))
+        entries: dict[str, dict] = {}
+        segments: list[tuple[int, int]] = []
+        offset = 0
+        for key in keys:
+            for suffix in ("::mask", "::scale"):
+                entry = self._entries[key + suffix]
+                begin, end = entry["data_offsets"]
+                entries[key + suffix] = {**entry, "data_offsets": [offset, offset + end - begin]}
+                segments.append((begin, end - begin))
+                offset += end - begin
         header = {
             "__metadata__": {
                 "format": FORMAT_NAME,
@@ -112,7 +133,7 @@ class ModulatorWriter:
                 "tasks": json.dumps(list(self.task_names)),
                 "shapes": json.dumps(self._shapes, sort_keys=True),
             },
-            **self._entries,
+            **entries,
         }
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
@@ -120,7 +141,20 @@ class ModulatorWriter:
         with open(out, "wb") as f, open(self._raw_path, "rb") as src:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
-            shutil.copyfileobj(src, f, 16 * 2**20)
+            if keys == arrival:
+                shutil.copyfileobj(src, f, 16 * 2**20)
+            else:
+                for begin, length in segments:
+                    src.seek(begin)
+                    while length > 0:
+                        chunk = src.read(min(length, 16 * 2**20))
+                        if not chunk:
+                            raise CheckpointError(
+                                f"{str(self._raw_path)!r} ended early while assembling the "
+                                "task modulators."
+                            )
+                        f.write(chunk)
+                        length -= len(chunk)
         self._raw_path.unlink()
         return out
 

@@ -6,18 +6,25 @@ import argparse
 import sys
 from typing import Any
 
+import attrs
+
 help = "check a merge config and the checkpoint headers without merging; print the plan"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="the merge config (YAML)")
     parser.add_argument("--quiet", action="store_true", help="only the summary, not every tensor")
+    from pactframe.cli.merge_cmd import add_executor_arguments
+
+    add_executor_arguments(parser)
 
 
-def collect(config_path: str) -> tuple[object | None, list[str]]:
-    """``(plan or None, every problem)``: config problems, then file/header problems
-    (checked even when the recipe part of the config is wrong)."""
-    plan, problems, _ = analyse(config_path)
+def collect(
+    config_path: str, executor: str | None = None, workers: int | None = None
+) -> tuple[object | None, list[str]]:
+    """``(plan or None, every problem)``: config problems, the executor's settings, then
+    file/header problems (checked even when the recipe part of the config is wrong)."""
+    plan, problems, _ = analyse(config_path, executor, workers)
     return plan, problems
 
 
@@ -43,7 +50,9 @@ def fallback_notes(spec: Any) -> list[str]:
     return notes
 
 
-def analyse(config_path: str) -> tuple[object | None, list[str], list[str]]:
+def analyse(
+    config_path: str, executor: str | None = None, workers: int | None = None
+) -> tuple[object | None, list[str], list[str]]:
     """``(plan or None, every problem, notes)`` (see :func:`collect`)."""
     from pathlib import Path
 
@@ -57,6 +66,17 @@ def analyse(config_path: str) -> tuple[object | None, list[str], list[str]]:
         source=Path(config_path),
     )
     problems = list(found.problems)
+    if found.spec is not None:
+        from pactframe.api import with_executor
+        from pactframe.errors import PactframeError
+
+        try:
+            spec = with_executor(found.spec, executor, workers)
+            found = attrs.evolve(found, spec=spec)
+            if spec.executor is not None:  # before any tensor is read
+                problems += [f"executor {spec.executor.name!r}: {p}" for p in spec.executor.check()]
+        except PactframeError as exc:
+            problems.append(f"executor: {exc}")
     notes = fallback_notes(found.spec) if found.spec is not None else []
     if found.base is None or not found.models:
         return None, problems, notes
@@ -85,7 +105,7 @@ def analyse(config_path: str) -> tuple[object | None, list[str], list[str]]:
 def run(args: argparse.Namespace) -> int:
     from pactframe.config import format_problems
 
-    plan, problems, notes = analyse(args.config)
+    plan, problems, notes = analyse(args.config, args.executor, args.workers)
     if plan is not None:
         text = plan.describe()  # type: ignore[attr-defined]
         print("\n".join(text.splitlines()[:3]) if args.quiet else text)

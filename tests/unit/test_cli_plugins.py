@@ -35,7 +35,7 @@ def test_json_lists_each_decomposer_with_parameters_and_defaults(capsys):
     code, out, _ = run_cli(capsys, "plugins", "--json")
     assert code == 0
     data = json.loads(out)
-    assert sorted(data) == ["decomposer", "evaluator", "merger", "preprocessor"]
+    assert sorted(data) == ["decomposer", "evaluator", "executor", "merger", "preprocessor"]
     decomposers = {e["name"]: e for e in data["decomposer"]}
     for name, defaults in DOCUMENTED.items():
         entry = decomposers[name]

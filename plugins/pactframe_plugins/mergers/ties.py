@@ -221,6 +221,13 @@ class TIES(Merger):
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> GlobalTrimState | None:
         """One streaming pass: per-task magnitude histograms -> global thresholds."""
+        return self.prepare_reduce([self.prepare_map(bundles)])
+
+    def prepare_map(
+        self, bundles: Iterable[LayerBundle]
+    ) -> tuple[tuple[str, ...], list[torch.Tensor]] | None:
+        """Split prepass, map: the per-task magnitude histograms of a run of tensors
+        (``(task names, counts)``; ``((), [])`` for a run with no floating tensor)."""
         if self.trim_scope != "global":
             return None
         task_names: tuple[str, ...] | None = None
@@ -240,6 +247,31 @@ class TIES(Merger):
             for t, tv in enumerate(bundle.task_vectors):
                 entry_bins = magnitude_bins(tv).flatten().cpu()
                 counts[t].index_add_(0, entry_bins, torch.ones_like(entry_bins))
+        return (task_names or (), counts)
+
+    def prepare_reduce(self, partials: Iterable[Any]) -> GlobalTrimState | None:
+        """Split prepass, reduce: histograms added (integer counts: any cut gives the same
+        sums), then the thresholds."""
+        if self.trim_scope != "global":
+            for _ in partials:  # drain the executor's results
+                pass
+            return None
+        task_names: tuple[str, ...] | None = None
+        counts: list[torch.Tensor] = []
+        for names, part in partials:
+            if not names:
+                continue
+            if task_names is None:
+                task_names, counts = names, part
+            elif names != task_names:
+                raise InputError(
+                    f"TIES global trim: a run of tensors has tasks {list(names)} but earlier "
+                    f"tensors had {list(task_names)}; every tensor must list the same tasks "
+                    "in the same order."
+                )
+            else:
+                for acc, c in zip(counts, part):
+                    acc.add_(c)
         if task_names is None:
             return GlobalTrimState((), (), (), (), ())
         bins: list[int] = []

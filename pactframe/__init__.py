@@ -1,7 +1,7 @@
 """pactframe: training-free model merging with pluggable components.
 
-Public API: the four contracts (:class:`Decomposer`, :class:`Preprocessor`,
-:class:`Merger`, :class:`Evaluator`), the value types they exchange
+Public API: the five contracts (:class:`Decomposer`, :class:`Preprocessor`,
+:class:`Merger`, :class:`Evaluator`, :class:`Executor`), the value types they exchange
 (:class:`Factorization`, :class:`LayerBundle`, :class:`MergedTensor`), the
 ``hookimpl`` marker for plugins, and :func:`build_registry`.
 """
@@ -10,6 +10,7 @@ from pactframe.contracts import (
     Component,
     Decomposer,
     Evaluator,
+    Executor,
     Merger,
     Preprocessor,
     component_field,
@@ -26,6 +27,7 @@ __all__ = [
     "Component",
     "Decomposer",
     "Evaluator",
+    "Executor",
     "Factorization",
     "LayerBundle",
     "LowRank",

@@ -3,6 +3,7 @@
     from pactframe.api import merge, merge_state_dicts, validate
 
     report = merge("config.yaml", "out/", force=True)          # files -> files
+    report = merge("config.yaml", "out/", executor="processes", workers=4)
     plan = validate({"base": ..., "models": [...], "merger": "ties"}, base_dir=".")
     result = merge_state_dicts(base_sd, {"sst2": sd1, "cola": sd2},
                                {"merger": {"name": "task_arithmetic", "scaling": 0.3}})
@@ -26,13 +27,15 @@ import attrs
 import torch
 
 from pactframe.config import MergeSpec, load_config, parse_config
-from pactframe.errors import InputError
+from pactframe.contracts import Executor
+from pactframe.errors import ConfigError, InputError
 from pactframe.plan import MergePlan
 from pactframe.registry import Registry
 from pactframe.sources import DictCovarianceSource, Sources, StateDictSource
 
 Config = MergeSpec | Mapping[str, Any] | str | os.PathLike[str]
 StateLike = Mapping[str, torch.Tensor] | torch.nn.Module
+ExecutorLike = str | Mapping[str, Any] | Executor
 
 
 def load_spec(
@@ -50,16 +53,64 @@ def load_spec(
     return load_config(config, registry=registry, check_files=check_files)
 
 
+def with_executor(
+    spec: MergeSpec,
+    executor: ExecutorLike | None = None,
+    workers: int | None = None,
+    *,
+    registry: Registry | None = None,
+) -> MergeSpec:
+    """``spec`` with its executor replaced (``--executor NAME --workers N``).
+
+    ``executor``: a registered name, a mapping ``{"name": ..., ...}`` or an
+    :class:`~pactframe.contracts.Executor`. ``workers`` alone changes the
+    configured executor's ``workers``; with no executor configured (or ``local``)
+    it means ``processes`` with that many workers.
+    """
+    if executor is None and workers is None:
+        return spec
+    from pactframe.registry import build_registry
+
+    built: Any
+    if executor is not None:
+        built = (registry or build_registry()).build("executor", executor)
+    elif spec.executor is not None and spec.executor.name != "local":
+        built = spec.executor
+    else:
+        built = (registry or build_registry()).create("executor", "processes")
+    if workers is not None:
+        names = {f.name for f in attrs.fields(type(built))} if attrs.has(type(built)) else set()
+        if "workers" not in names:
+            raise ConfigError(
+                f"The {built.name!r} executor has no 'workers' setting (it runs in one "
+                "process); use --executor processes or --executor ray with --workers."
+            )
+        try:
+            built = attrs.evolve(built, workers=workers)  # type: ignore[misc]
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"--workers {workers!r}: {exc}") from exc
+    return attrs.evolve(spec, executor=built)
+
+
 def validate(
     config: Config,
     *,
     registry: Registry | None = None,
     base_dir: str | os.PathLike[str] | None = None,
+    executor: ExecutorLike | None = None,
+    workers: int | None = None,
 ) -> MergePlan:
-    """Check config and checkpoint headers; return the plan (raises ``ConfigProblems``)."""
+    """Check config, executor settings and checkpoint headers; return the plan (raises
+    ``ConfigProblems``)."""
+    from pactframe.config import ConfigProblems
     from pactframe.pipeline import MergePipeline
 
-    return MergePipeline(load_spec(config, registry=registry, base_dir=base_dir)).plan()
+    spec = load_spec(config, registry=registry, base_dir=base_dir)
+    pipeline = MergePipeline(with_executor(spec, executor, workers, registry=registry))
+    problems = pipeline.executor_problems()
+    if problems:
+        raise ConfigProblems(problems, "the executor settings")
+    return pipeline.plan()
 
 
 def merge(
@@ -71,11 +122,17 @@ def merge(
     device: str | None = None,
     force: bool = False,
     progress: bool = False,
+    executor: ExecutorLike | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Merge the checkpoints a config names into ``out``; return the merge report."""
+    """Merge the checkpoints a config names into ``out``; return the merge report.
+
+    ``executor``/``workers`` override the config's ``executor`` (see
+    :func:`with_executor` and ``docs/executors.md``)."""
     from pactframe.pipeline import MergePipeline
 
     spec = load_spec(config, registry=registry, base_dir=base_dir)
+    spec = with_executor(spec, executor, workers, registry=registry)
     return MergePipeline(spec, device=device).run(out, force=force, progress=progress)
 
 

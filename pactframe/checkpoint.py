@@ -22,42 +22,50 @@ them runs arbitrary code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
 import struct
-import uuid
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import attrs
 import torch
 
-from pactframe.errors import CheckpointError, ConfigError
+from pactframe.errors import CheckpointError, ConfigError, short_repr
+from pactframe.output_safety import (
+    refuse_symlink,
+    register_temporary,
+    release_temporary,
+    sweep_stale,
+    temporary_path,
+)
+from pactframe.safetensors_header import (
+    DTYPE_FROM_CODE,
+    MAX_HEADER_BYTES,
+    JsonProblem,
+    TensorInfo,
+    open_regular,
+    parse_file,
+    read_tensor,
+    shown,
+    strict_json,
+)
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 #: safetensors files in a model folder that are not weights (task-conditioned merges)
 NON_WEIGHT_SAFETENSORS = frozenset({"task_modulators.safetensors"})
-_MAX_HEADER_BYTES = 100 * 1024 * 1024
+_MAX_HEADER_BYTES = MAX_HEADER_BYTES
+#: largest index file read (a 1e6-tensor index is about 100 MB)
+_MAX_INDEX_BYTES = 256 * 1024 * 1024
 
-#: safetensors dtype codes <-> torch dtypes
-DTYPE_FROM_CODE: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
 CODE_FROM_DTYPE: dict[torch.dtype, str] = {v: k for k, v in DTYPE_FROM_CODE.items()}
 FLOAT_CODES = frozenset({"F64", "F32", "F16", "BF16"})
+
 
 
 def dtype_size(dtype: torch.dtype) -> int:
@@ -76,96 +84,123 @@ def pickle_refusal(path: Path) -> CheckpointError:
     )
 
 
-@attrs.frozen
-class TensorInfo:
-    """Where one tensor lives and what it looks like (from the header only)."""
-
-    key: str
-    file: Path
-    dtype_code: str
-    shape: tuple[int, ...]
-    start: int  # absolute byte offset in ``file``
-    nbytes: int
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return DTYPE_FROM_CODE[self.dtype_code]
-
-    @property
-    def is_float(self) -> bool:
-        return self.dtype_code in FLOAT_CODES
-
-
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
-    """Parse a safetensors header: ``({key: TensorInfo}, metadata)``; no tensor data is read."""
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(
-                    f"File {str(path)!r} is not a safetensors file: it is only {size} bytes long."
-                )
-            (hlen,) = struct.unpack("<Q", head)
-            if hlen > _MAX_HEADER_BYTES or 8 + hlen > size:
-                raise CheckpointError(
-                    f"File {str(path)!r} is not a valid safetensors file: its header length "
-                    f"({hlen} bytes) does not fit the file ({size} bytes). Re-download or "
-                    "re-save it."
-                )
-            raw = f.read(hlen)
-    except OSError as exc:
-        raise CheckpointError(f"Cannot read checkpoint file {str(path)!r}: {exc}.") from exc
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    """Parse and validate a safetensors header: ``({key: TensorInfo}, metadata)``; no
+    tensor data is read (see :mod:`pactframe.safetensors_header` for every check)."""
+    header = parse_file(path)
+    return header.tensors, header.metadata
+
+
+# ------------------------------------------------------------ model folders
+def _is_hf_cache_blob(folder_real: Path, target_real: Path) -> bool:
+    """``folder_real`` is ``<repo cache>/snapshots/<revision>`` and ``target_real`` a file
+    directly in ``<repo cache>/blobs``: the Hugging Face hub cache layout, where every
+    file of a snapshot is a symlink to ``../../blobs/<hash>``."""
+    return (
+        folder_real.parent.name == "snapshots"
+        and target_real.parent == folder_real.parent.parent / "blobs"
+    )
+
+
+def resolve_in_folder(
+    folder: Path,
+    name: str,
+    *,
+    what: str,
+    fix: str = "Copy the file into the folder (or point the config at the file itself).",
+) -> Path:
+    """``folder / name``, refused unless it stays inside ``folder``.
+
+    ``name`` must be relative with no ``..`` part; after resolving symlinks the file
+    must lie inside the folder, or be a blob of the same Hugging Face cache repo
+    (:func:`_is_hf_cache_blob`). Returns the unresolved path (its name is kept).
+    """
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if not name or pure.is_absolute() or PureWindowsPath(name).drive or ".." in pure.parts:
         raise CheckpointError(
-            f"File {str(path)!r} is not a valid safetensors file: its header is not JSON "
-            f"({exc}). Re-download or re-save it."
-        ) from exc
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + hlen
-    infos = {}
-    for key, entry in header.items():
+            f"{what}: {shown(name)} is not a file name inside the model folder "
+            f"{str(folder)!r} (absolute paths and '..' are refused, so a checkpoint cannot "
+            "make pactframe read files elsewhere). Use the shard's file name relative to "
+            "the folder."
+        )
+    path = folder / pure
+    try:
+        folder_real = folder.resolve()
+        target_real = path.resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # symlink loops, NUL bytes
+        raise CheckpointError(
+            f"{what}: {shown(name)} cannot be resolved inside the model folder "
+            f"{str(folder)!r} ({type(exc).__name__}: {str(exc)[:60]}). {fix}"
+        ) from None
+    if target_real != folder_real and folder_real not in target_real.parents:
+        if not _is_hf_cache_blob(folder_real, target_real):
+            raise CheckpointError(
+                f"{what}: {str(path)!r} is a symlink resolving outside the model folder "
+                f"{str(folder)!r}; pactframe follows symlinks only inside the folder or from "
+                f"a Hugging Face cache snapshot to its own blobs. {fix}"
+            )
+    return path
+
+
+def _read_index(index: Path, folder: Path, role: str) -> dict[str, str]:
+    """The validated ``weight_map`` of an index file: a non-empty object tensor -> file."""
+    resolve_in_folder(folder, index.name, what=f"The index of the {role}")
+    with open_regular(index) as f:
         try:
-            code = entry["dtype"]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError) as exc:
+            raw = f.read(_MAX_INDEX_BYTES + 1)
+        except OSError as exc:
             raise CheckpointError(
-                f"File {str(path)!r}: the header entry of tensor {key!r} is malformed "
-                f"({entry!r}). Re-save the checkpoint."
+                f"The index {str(index)!r} of the {role} cannot be read: {exc.strerror or exc}."
             ) from exc
-        if code not in DTYPE_FROM_CODE:
-            raise CheckpointError(
-                f"File {str(path)!r}: tensor {key!r} has dtype {code!r}, which pactframe does "
-                f"not read (supported: {', '.join(sorted(DTYPE_FROM_CODE))})."
-            )
-        numel = 1
-        for s in shape:
-            numel *= s
-        expected = numel * dtype_size(DTYPE_FROM_CODE[code])
-        if end - begin != expected or data_start + end > size:
-            raise CheckpointError(
-                f"File {str(path)!r}: tensor {key!r} ({code}, shape {list(shape)}) claims bytes "
-                f"[{begin}, {end}) but needs {expected} bytes inside a file of {size} bytes; the "
-                "file is truncated or corrupt."
-            )
-        infos[key] = TensorInfo(key, path, code, shape, data_start + begin, expected)
-    return infos, {str(k): str(v) for k, v in metadata.items()}
+    problem = None
+    data: Any = None
+    if len(raw) > _MAX_INDEX_BYTES:
+        problem = f"it is larger than {_MAX_INDEX_BYTES} bytes"
+    else:
+        try:
+            data = strict_json(raw)
+        except JsonProblem as exc:
+            problem = f"it {exc}"
+    if problem is None:
+        weight_map = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            problem = f"its top level is {type(data).__name__}, not an object"
+        elif "weight_map" not in data:
+            problem = f"it has no 'weight_map' (keys: {shown(sorted(data))})"
+        elif not isinstance(weight_map, dict):
+            problem = f"its 'weight_map' is a {type(weight_map).__name__}, not an object"
+        elif not weight_map:
+            problem = "its 'weight_map' is empty"
+        else:
+            bad = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+            if bad is not None:
+                problem = (
+                    f"its 'weight_map' maps tensor {shown(bad)} to "
+                    f"{shown(weight_map[bad])}, not to a shard file name"
+                )
+    if problem is not None:
+        raise CheckpointError(
+            f"The index {str(index)!r} of the {role} cannot be used: {problem}. It must be JSON "
+            "with a 'weight_map' object {tensor name: shard file name}; re-download the "
+            "checkpoint or re-save it."
+        )
+    return weight_map  # type: ignore[return-value]
 
 
 class CheckpointReader:
     """Lazy access to a safetensors checkpoint (single file or sharded folder).
 
     ``keys()``, ``info(key)`` come from the headers; ``load(key)`` reads one
-    tensor from disk into a fresh CPU tensor.
+    tensor from disk into a fresh CPU tensor. Every file's header goes through
+    :func:`pactframe.safetensors_header.parse_file`; with an index, the tensors are
+    exactly those of its ``weight_map``, each in the shard it names, and every file
+    must lie inside the folder (:func:`resolve_in_folder`).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, role: str = "checkpoint") -> None:
         self.path = Path(path)
         self.role = role
+        self.weight_map: dict[str, str] | None = None
         self.files = self._locate()
         self._infos: dict[str, TensorInfo] = {}
         self.metadata: dict[str, str] = {}
@@ -175,10 +210,35 @@ class CheckpointReader:
             for key, info in infos.items():
                 if key in self._infos:
                     raise CheckpointError(
-                        f"{self.role} {str(self.path)!r}: tensor {key!r} appears in both "
+                        f"{self.role} {str(self.path)!r}: tensor {shown(key)} appears in both "
                         f"{self._infos[key].file.name} and {file.name}. Remove the duplicate shard."
                     )
                 self._infos[key] = info
+        if self.weight_map is not None:
+            self._check_index()
+
+    def _check_index(self) -> None:
+        """Every indexed tensor is in the shard the index names, and nothing else is."""
+        assert self.weight_map is not None
+        index = self.path / INDEX_NAME
+        for key, shard in self.weight_map.items():
+            info = self._infos.get(key)
+            if info is None or info.file != self.path / PurePosixPath(shard.replace("\\", "/")):
+                where = "no shard" if info is None else info.file.name
+                raise CheckpointError(
+                    f"The index {str(index)!r} of the {self.role} puts tensor {shown(key)} in "
+                    f"{shown(shard)}, but {where} holds it. The index does not match its "
+                    "shards: re-download the checkpoint or re-save it."
+                )
+        unlisted = [k for k in self._infos if k not in self.weight_map]
+        if unlisted:
+            info = self._infos[unlisted[0]]
+            raise CheckpointError(
+                f"The index {str(index)!r} of the {self.role} does not list tensor "
+                f"{shown(unlisted[0])} ({len(unlisted)} unlisted in all), which shard "
+                f"{info.file.name} holds. The index does not match its shards: re-download the "
+                "checkpoint or re-save it."
+            )
 
     def _locate(self) -> list[Path]:
         p = self.path
@@ -187,7 +247,7 @@ class CheckpointReader:
                 f"The {self.role} path {str(p)!r} does not exist. Check the path in the config "
                 "(relative paths resolve against the config file's folder)."
             )
-        if p.is_file():
+        if not p.is_dir():
             if p.suffix in PICKLE_SUFFIXES:
                 raise pickle_refusal(p)
             if p.suffix != ".safetensors":
@@ -195,29 +255,28 @@ class CheckpointReader:
                     f"The {self.role} {str(p)!r} is not a .safetensors file or a folder holding "
                     "safetensors shards."
                 )
-            return [p]
+            return [p]  # parse_file refuses anything but a regular file
         index = p / INDEX_NAME
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(
-                    f"The index {str(index)!r} of the {self.role} cannot be read: {exc}. "
-                    "It must be JSON with a 'weight_map' object {tensor name: shard file}."
-                ) from exc
-            files = sorted({str(v) for v in weight_map.values()})
-            missing = [f for f in files if not (p / f).is_file()]
+        if index.exists() or index.is_symlink():
+            self.weight_map = _read_index(index, p, self.role)
+            files = sorted(set(self.weight_map.values()))
+            paths = [
+                resolve_in_folder(p, f, what=f"The index {str(index)!r} of the {self.role}")
+                for f in files
+            ]
+            missing = [f for f, path in zip(files, paths) if not os.path.exists(path)]
             if missing:
                 raise CheckpointError(
                     f"The index {str(index)!r} names shard(s) that are missing: "
-                    f"{', '.join(missing)}. Re-download the checkpoint."
+                    f"{', '.join(shown(m) for m in missing[:5])}. Re-download the checkpoint."
                 )
-            return [p / f for f in files]
-        if (p / SINGLE_NAME).is_file():
-            return [p / SINGLE_NAME]
+            return paths
+        what = f"The {self.role} folder"
+        if (p / SINGLE_NAME).exists():
+            return [resolve_in_folder(p, SINGLE_NAME, what=what)]
         shards = sorted(x for x in p.glob("*.safetensors") if x.name not in NON_WEIGHT_SAFETENSORS)
         if shards:
-            return shards
+            return [resolve_in_folder(p, x.name, what=what) for x in shards]
         pickles = sorted(x for x in p.iterdir() if x.suffix in PICKLE_SUFFIXES)
         if pickles:
             raise pickle_refusal(pickles[0])
@@ -234,30 +293,12 @@ class CheckpointReader:
 
     def info(self, key: str) -> TensorInfo:
         if key not in self._infos:
-            raise CheckpointError(f"{self.role} {str(self.path)!r} has no tensor {key!r}.")
+            raise CheckpointError(f"{self.role} {str(self.path)!r} has no tensor {shown(key)}.")
         return self._infos[key]
 
     def load(self, key: str) -> torch.Tensor:
         """Read tensor ``key`` (a fresh, writable CPU tensor)."""
-        info = self.info(key)
-        out = torch.empty(info.shape, dtype=info.dtype)
-        if info.nbytes == 0:
-            return out
-        view = out.view(-1).view(torch.uint8).numpy()
-        try:
-            with open(info.file, "rb") as f:
-                f.seek(info.start)
-                got = f.readinto(view.data)
-        except OSError as exc:
-            raise CheckpointError(
-                f"Cannot read tensor {key!r} from {str(info.file)!r}: {exc}."
-            ) from exc
-        if got != info.nbytes:
-            raise CheckpointError(
-                f"File {str(info.file)!r} ended while reading tensor {key!r} ({got} of "
-                f"{info.nbytes} bytes); the file is truncated."
-            )
-        return out
+        return read_tensor(self.info(key), label=self.role)
 
 
 # --------------------------------------------------------------------- sizes
@@ -279,7 +320,9 @@ _UNITS = {
 def parse_size(value: Any, *, what: str = "output.shard_size") -> int:
     """``2GB`` -> 2e9 bytes, ``500MiB`` -> 500 * 2**20, ints pass through (bytes)."""
     if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a size like '2GB' or a number of bytes; got {value!r}.")
+        raise ConfigError(
+            f"{what} must be a size like '2GB' or a number of bytes; got {short_repr(value)}."
+        )
     if isinstance(value, int):
         size = value
     else:
@@ -287,12 +330,15 @@ def parse_size(value: Any, *, what: str = "output.shard_size") -> int:
         if not m:
             raise ConfigError(
                 f"{what} must be a size like '2GB', '500MB', '1.5GiB' or a number of bytes; "
-                f"got {value!r}."
+                f"got {short_repr(value)}."
             )
         unit = (m.group(2) or "").lower().rstrip("b")
-        size = int(float(m.group(1)) * _UNITS[unit])
+        number = float(m.group(1)) * _UNITS[unit]
+        if not math.isfinite(number) or number >= 2**63:
+            raise ConfigError(f"{what} is too large; got {short_repr(value)}.")
+        size = int(number)
     if size <= 0:
-        raise ConfigError(f"{what} must be positive; got {value!r}.")
+        raise ConfigError(f"{what} must be positive; got {short_repr(value)}.")
     return size
 
 
@@ -370,7 +416,9 @@ class CheckpointWriter:
         self.dest = Path(dest)
         self.force = force
         check_destination(self.dest, force=force)
-        self.tmp = self.dest.parent / f".{self.dest.name}.pactframe-tmp-{uuid.uuid4().hex[:8]}"
+        self.tmp = temporary_path(self.dest, "tmp")
+        #: what :func:`~pactframe.output_safety.sweep_stale` found beside ``dest``
+        self.swept: list[str] = []
         self._shards = plan_shards(list(layout), shard_size)
         self._metadata = {"format": "pt", **(metadata or {})}
         self._slots: dict[str, _Slot] = {}
@@ -389,7 +437,9 @@ class CheckpointWriter:
     # context management -------------------------------------------------
     def __enter__(self) -> CheckpointWriter:
         self.dest.parent.mkdir(parents=True, exist_ok=True)
+        self.swept = sweep_stale(self.dest)
         self.tmp.mkdir()
+        register_temporary(self.tmp)
         try:
             self._open_shards()
         except BaseException:
@@ -481,15 +531,21 @@ class CheckpointWriter:
             weight_map = {key: self.shard_names[s.file] for key, s in sorted(self._slots.items())}
             index = {"metadata": {"total_size": total}, "weight_map": weight_map}
             (self.tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        check_destination(self.dest, force=self.force)  # again: it may have appeared meanwhile
         old = None
         if self.dest.exists():
-            check_destination(self.dest, force=self.force)
-            old = self.dest.parent / f".{self.dest.name}.pactframe-old-{uuid.uuid4().hex[:8]}"
+            old = temporary_path(self.dest, "old")
             self.dest.rename(old)
-        self.tmp.rename(self.dest)
+        try:
+            self.tmp.rename(self.dest)
+        except BaseException:
+            if old is not None:  # put the previous output back under its name
+                old.rename(self.dest)
+            raise
         self._committed = True
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        release_temporary(self.tmp)
+        if old is not None:  # best effort: a leftover is swept by the next run
+            shutil.rmtree(old, ignore_errors=True)
         return self.dest
 
     def abort(self) -> None:
@@ -500,6 +556,8 @@ class CheckpointWriter:
                 pass
         self._handles = []
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if not self.tmp.exists():
+            release_temporary(self.tmp)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -510,7 +568,9 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def check_destination(dest: Path, *, force: bool) -> None:
-    """Refuse an existing destination unless ``force``; never a file in place of a folder."""
+    """Refuse an existing destination unless ``force``; never a file in place of a folder,
+    never a symbolic link (``--force`` included)."""
+    refuse_symlink(dest)
     if dest.exists() and not force:
         raise CheckpointError(
             f"The output folder {str(dest)!r} already exists. Choose another path, or pass "
@@ -525,16 +585,34 @@ def check_destination(dest: Path, *, force: bool) -> None:
 
 def non_weight_files(folder: Path) -> list[Path]:
     """Top-level files of a model folder other than weights and the weight index
-    (config.json, tokenizer files, generation_config.json...)."""
+    (config.json, tokenizer files, generation_config.json...).
+
+    Only regular files are listed (a FIFO or device is never copied). A symlink is
+    listed only when it resolves inside ``folder`` or, in a Hugging Face cache
+    snapshot, to a blob of the same repo (:func:`resolve_in_folder`); a symlink
+    leading anywhere else (a ``tokenizer_config.json`` pointing at a secret file)
+    raises :class:`CheckpointError`, so its target is never copied into an output.
+    """
+    folder = Path(folder)
     if not folder.is_dir():
         return []
     out = []
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+        if p.name.startswith("."):
             continue
         if p.suffix in (".safetensors", *PICKLE_SUFFIXES) or p.name.endswith(".index.json"):
             continue
         if p.name in ("merge_report.json",):
+            continue
+        if p.is_symlink():
+            resolve_in_folder(
+                folder,
+                p.name,
+                what=f"The non-weight file {shown(p.name)} (copied into the output)",
+                fix="Replace the link by a copy of the file, remove it, or set "
+                "output.copy_files: false.",
+            )
+        if not p.is_file():
             continue
         out.append(p)
     return out

@@ -29,6 +29,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import stat
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,18 @@ from typing import Any
 import attrs
 
 from pactframe.checkpoint import parse_size
-from pactframe.contracts import Component, Evaluator, Merger, Preprocessor
+from pactframe.contracts import Component, Evaluator, Executor, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
-from pactframe.errors import ConfigError, PactframeError
+from pactframe.errors import (
+    ConfigError,
+    ConfigProblems,
+    PactframeError,
+    format_problems,  # noqa: F401  (re-exported: pactframe.config.format_problems)
+    short_repr,
+    short_text,
+)
 from pactframe.registry import Registry, build_registry
+from pactframe.sources import NONFINITE_POLICIES
 
 TOP_KEYS = (
     "base",
@@ -56,6 +65,8 @@ TOP_KEYS = (
     "prefetch",
     "vocab",
     "input_dtype",
+    "nonfinite",
+    "executor",
 )
 MODEL_KEYS = ("name", "path", "covariance", "weight", "type")
 MODEL_TYPES = ("auto", "full", "lora")
@@ -79,15 +90,6 @@ MERGEKIT_HINTS = {
     "model": "path",
     "density": "the merger's keep_fraction (ties) or dare's drop_probability = 1 - density",
 }
-
-
-class ConfigProblems(ConfigError):
-    """A configuration with one or more problems; ``problems`` lists them all."""
-
-    def __init__(self, problems: Sequence[str], source: str = "the config") -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{len(self.problems)} problem(s) in {source}:\n{lines}")
 
 
 @attrs.frozen
@@ -165,6 +167,11 @@ class MergeSpec:
     vocab: str | None = None
     input_dtype: str = "same"
     notes: tuple[str, ...] = ()
+    #: what reading a NaN/inf weight does: error, warn or ignore (pactframe.sources)
+    nonfinite: str = "error"
+    #: where the work units run (``None``: this process, as the ``local`` executor);
+    #: not part of :meth:`to_dict`: the report's ``executor`` section records it
+    executor: Executor | None = None
 
     @property
     def task_names(self) -> tuple[str, ...]:
@@ -222,6 +229,7 @@ class MergeSpec:
             "prefetch": self.prefetch,
             **({"vocab": self.vocab} if self.vocab is not None else {}),
             **({"input_dtype": self.input_dtype} if self.input_dtype != "same" else {}),
+            "nonfinite": self.nonfinite,
         }
 
 
@@ -255,16 +263,174 @@ def read_config_data(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]
     return data, ()
 
 
+#: limits of a config file: bytes on disk, values after YAML aliases are expanded,
+#: nesting depth (a merge config has a few dozen values; see docs/security.md)
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_VALUES = 10_000
+MAX_CONFIG_DEPTH = 32
+
+
 def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """The YAML document in the config file ``path`` (safe loader: plain data only).
+
+    Refused with one :class:`ConfigError`: a path that is not a regular file (a
+    folder, a FIFO), a file over :data:`MAX_CONFIG_BYTES`, binary or non-UTF-8
+    content, invalid YAML, duplicate keys, and documents whose YAML aliases expand
+    to more than :data:`MAX_CONFIG_VALUES` values or nest deeper than
+    :data:`MAX_CONFIG_DEPTH` (an "alias bomb" is refused at once).
+    """
+    p = Path(path)
+    shown = short_repr(str(p), 400)
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {shown} does not exist.") from None
+    except OSError as exc:
+        raise ConfigError(f"Config file {shown} cannot be read: {exc.strerror or exc}.") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(
+            f"Config file {shown} is not a regular file (a folder, pipe or device); give the "
+            "path of the YAML file."
+        )
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"Config file {shown} is {st.st_size} bytes; a merge config is a small YAML file "
+            f"(at most {MAX_CONFIG_BYTES} bytes). Is this the right file?"
+        )
+    try:
+        with open(p, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"Config file {shown} cannot be read: {exc.strerror or exc}.") from exc
+    return parse_yaml(raw, f"Config file {shown}")
+
+
+def parse_yaml(raw: bytes | str, what: str = "The config") -> Any:
+    """Parse YAML text under the limits of :func:`read_yaml`; ``what`` starts messages."""
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"Config file {str(p)!r} does not exist.")
+    if isinstance(raw, bytes):
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{what} is over {MAX_CONFIG_BYTES} bytes; a config is small.")
+        if b"\x00" in raw:
+            raise ConfigError(
+                f"{what} is binary (it holds NUL bytes at offset {raw.index(0)}), not a YAML "
+                "text file. Give the path of the merge config."
+            )
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{what} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                "a config is a YAML text file. Save it as UTF-8."
+            ) from None
+    else:
+        text = raw
     try:
-        return yaml.safe_load(p.read_text())
+        data = yaml.load(text, Loader=_config_loader())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{what} nests too deeply for a merge config (at most {MAX_CONFIG_DEPTH} levels)."
+        ) from None
+    except (ValueError, OverflowError, TypeError) as exc:  # e.g. an int of 5000 digits
+        raise ConfigError(
+            f"{what} holds a value YAML cannot build: {short_text(str(exc), 300)}."
+        ) from None
+    _check_expansion(data, what)
+    return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    """One line from a PyYAML error: the problem and where (line, column), bounded."""
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    context = getattr(exc, "context", None)
+    if not problem:
+        return short_text(" ".join(str(exc).split()), 300)
+    text = f"{problem}" + (f" ({context})" if context else "")
+    if mark is not None:
+        text += f" at line {mark.line + 1}, column {mark.column + 1}"
+    return short_text(" ".join(text.split()), 300)
+
+
+_LOADERS: dict[str, type] = {}
+
+
+def _config_loader() -> type:
+    """A safe YAML loader (the C one when available) that refuses duplicate keys."""
+    if "loader" in _LOADERS:
+        return _LOADERS["loader"]
+    import yaml
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class ConfigLoader(base):  # type: ignore[misc, valid-type]
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                self.flatten_mapping(node)
+                seen: set[Any] = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        duplicate = key in seen
+                        seen.add(key)
+                    except TypeError:  # unhashable: the base class reports it
+                        continue
+                    if duplicate:
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            f"found the duplicate key {short_repr(key)}",
+                            key_node.start_mark,
+                        )
+            return super().construct_mapping(node, deep=deep)
+
+    _LOADERS["loader"] = ConfigLoader
+    return ConfigLoader
+
+
+def _check_expansion(data: Any, what: str) -> None:
+    """Refuse documents whose aliases expand past :data:`MAX_CONFIG_VALUES` values,
+    that nest past :data:`MAX_CONFIG_DEPTH` or that contain themselves."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(obj: Any, depth: int) -> int:
+        if depth > MAX_CONFIG_DEPTH:
+            raise ConfigError(
+                f"{what} nests too deeply for a merge config (at most {MAX_CONFIG_DEPTH} levels)."
+            )
+        if isinstance(obj, Mapping):
+            children: list[Any] = [*obj.keys(), *obj.values()]
+        elif isinstance(obj, (list, tuple, set, frozenset)):
+            children = list(obj)
+        else:
+            return 1
+        key = id(obj)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(
+                f"{what} contains itself through a YAML alias (*name inside its own &name); "
+                "a merge config must be plain data."
+            )
+        active.add(key)
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_CONFIG_VALUES:
+                raise ConfigError(
+                    f"{what} expands to more than {MAX_CONFIG_VALUES} values once its YAML "
+                    "aliases (*name) are replaced by what their anchors (&name) mark; a merge "
+                    "config has a few dozen. Write the values out, or use fewer aliases."
+                )
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(data, 0)
 
 
 def parse_config(
@@ -341,24 +507,35 @@ class _Parser:
                 continue
             hint = ""
             if str(key) in MERGEKIT_HINTS:
-                hint = f" (mergekit's {key!r} is {MERGEKIT_HINTS[str(key)]} here)"
+                hint = f" (mergekit's {short_repr(key)} is {MERGEKIT_HINTS[str(key)]} here)"
             else:
                 close = difflib.get_close_matches(str(key), allowed, n=1)
                 if close:
-                    hint = f" Did you mean {close[0]!r}?"
-            self.problem(f"{where}: unknown key {key!r}.{hint} Allowed keys: {', '.join(allowed)}.")
+                    hint = f" Did you mean {short_repr(close[0])}?"
+            self.problem(
+                f"{where}: unknown key {short_repr(key)}.{hint} Allowed keys: "
+                f"{', '.join(allowed)}."
+            )
 
     def path(self, where: str, value: Any, *, must_exist: bool = True) -> Path | None:
         if not isinstance(value, (str, os.PathLike)) or not str(value):
-            self.problem(f"{where}: expected a path, got {value!r}.")
+            self.problem(f"{where}: expected a path, got {short_repr(value)}.")
             return None
         p = Path(os.path.expanduser(str(value)))
         if not p.is_absolute():
             p = self.base_dir / p
-        if self.check_files and must_exist and not p.exists():
+        try:
+            exists = p.exists()
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte...
             self.problem(
-                f"{where}: {str(p)!r} does not exist (relative paths resolve against the "
-                f"config file's folder {str(self.base_dir)!r})."
+                f"{where}: {short_repr(str(p), 400)} cannot be used as a path "
+                f"({short_text(getattr(exc, 'strerror', None) or str(exc), 200)})."
+            )
+            return None
+        if self.check_files and must_exist and not exists:
+            self.problem(
+                f"{where}: {short_repr(str(p), 400)} does not exist (relative paths resolve "
+                f"against the config file's folder {short_repr(str(self.base_dir), 400)})."
             )
         return p
 
@@ -378,7 +555,7 @@ class _Parser:
         if isinstance(value, (str, Mapping)):
             value = [value]
         if not isinstance(value, list):
-            self.problem(f"{where}: expected a list of preprocessors, got {value!r}.")
+            self.problem(f"{where}: expected a list of preprocessors, got {short_repr(value)}.")
             return None
         built = [self.component(f"{where}[{i}]", "preprocessor", v) for i, v in enumerate(value)]
         if any(b is None for b in built):
@@ -410,23 +587,30 @@ class _Parser:
         if merger is not None and pre is not None:
             recipe = RecipeSpec("default", pre, merger)  # type: ignore[arg-type]
         rules = self.rules(data.get("rules"), recipe)
-        fallback = self.component("fallback", "merger", data.get("fallback", DEFAULT_FALLBACK))
+        fallback = None  # `fallback: null` turns the fallback off
+        if data.get("fallback", DEFAULT_FALLBACK) is not None:
+            fallback = self.component("fallback", "merger", data.get("fallback", DEFAULT_FALLBACK))
         evaluators = self.evaluators(data.get("evaluators"))
         device = data.get("device", "auto")
         if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
-            self.problem(f"device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got {device!r}.")
-        compute_dtype = data.get("compute_dtype", "float32")
-        if compute_dtype not in COMPUTE_DTYPES:
             self.problem(
-                f"compute_dtype: must be one of {', '.join(COMPUTE_DTYPES)}; got {compute_dtype!r}."
+                "device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got "
+                f"{short_repr(device)}."
+            )
+        compute_dtype = data.get("compute_dtype", "float32")
+        if not isinstance(compute_dtype, str) or compute_dtype not in COMPUTE_DTYPES:
+            self.problem(
+                f"compute_dtype: must be one of {', '.join(COMPUTE_DTYPES)}; got "
+                f"{short_repr(compute_dtype)}."
             )
         seed = data.get("seed", 0)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            self.problem(f"seed: must be a non-negative int; got {seed!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            self.problem(f"seed: must be an int in [0, 2**64); got {short_repr(seed)}.")
         prefetch = data.get("prefetch", 1)
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= 8:
             self.problem(
-                f"prefetch: must be an int in [0, 8] (tensor names read ahead); got {prefetch!r}."
+                "prefetch: must be an int in [0, 8] (tensor names read ahead); got "
+                f"{short_repr(prefetch)}."
             )
         output = self.output(data.get("output"))
         vocab = data.get("vocab")
@@ -444,6 +628,15 @@ class _Parser:
         self.check_model_count(recipe, rules, len(models))
         if any(m.weight is not None for m in models):
             self.check_weights(recipe, rules, fallback)
+        nonfinite = data.get("nonfinite", NONFINITE_POLICIES[0])
+        if not isinstance(nonfinite, str) or nonfinite not in NONFINITE_POLICIES:
+            self.problem(
+                f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)} (what a NaN or "
+                f"infinite weight does); got {repr(nonfinite)[:60]}."
+            )
+        executor = None
+        if data.get("executor") is not None:  # absent: this process (docs/executors.md)
+            executor = self.component("executor", "executor", data["executor"])
         if self.problems:
             return None
         assert base is not None and recipe is not None  # else a problem was recorded
@@ -462,6 +655,8 @@ class _Parser:
             source=source,  # type: ignore[arg-type]
             vocab=vocab,
             input_dtype=input_dtype,
+            nonfinite=nonfinite,
+            executor=executor,  # type: ignore[arg-type]
         )
 
     def check_model_count(self, recipe: Any, rules: Sequence[RuleSpec], count: int) -> None:
@@ -501,7 +696,7 @@ class _Parser:
         if not isinstance(value, list) or not value:
             self.problem(
                 "models: must be a non-empty list of {name: ..., path: ...} entries (the "
-                f"fine-tuned checkpoints); got {value!r}."
+                f"fine-tuned checkpoints); got {short_repr(value)}."
             )
             return ()
         out = []
@@ -511,7 +706,8 @@ class _Parser:
                 entry = {"name": Path(entry).stem, "path": entry}
             if not isinstance(entry, Mapping):
                 self.problem(
-                    f"{where}: expected a mapping {{name, path, covariance}}; got {entry!r}."
+                    f"{where}: expected a mapping {{name, path, covariance}}; got "
+                    f"{short_repr(entry)}."
                 )
                 continue
             self.check_keys(where, entry, MODEL_KEYS)
@@ -519,7 +715,7 @@ class _Parser:
             if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
                 self.problem(
                     f"{where}: 'name' must be a task name of letters, digits, '_', '-' or '.'; "
-                    f"got {name!r}."
+                    f"got {short_repr(name)}."
                 )
                 continue
             if "path" not in entry:
@@ -558,13 +754,16 @@ class _Parser:
         if value is None:
             return ()
         if not isinstance(value, list):
-            self.problem(f"rules: expected a list of {{match: REGEX, ...}}; got {value!r}.")
+            self.problem(
+                f"rules: expected a list of {{match: REGEX, ...}}; got "
+                f"{short_repr(value)}."
+            )
             return ()
         out = []
         for i, entry in enumerate(value):
             where = f"rules[{i}]"
             if not isinstance(entry, Mapping):
-                self.problem(f"{where}: expected a mapping with 'match'; got {entry!r}.")
+                self.problem(f"{where}: expected a mapping with 'match'; got {short_repr(entry)}.")
                 continue
             self.check_keys(where, entry, RULE_KEYS)
             match = entry.get("match")
@@ -574,12 +773,16 @@ class _Parser:
                 re.compile(match)
             except (re.error, TypeError) as exc:
                 self.problem(
-                    f"{where}: 'match' must be a regular expression; got {match!r} ({exc})."
+                    f"{where}: 'match' must be a regular expression; got {short_repr(match)} "
+                    f"({exc})."
                 )
                 continue
             exclude = entry.get("exclude", False)
             if not isinstance(exclude, bool):
-                self.problem(f"{where}: 'exclude' must be true or false; got {exclude!r}.")
+                self.problem(
+                    f"{where}: 'exclude' must be true or false; got "
+                    f"{short_repr(exclude)}."
+                )
                 continue
             if exclude:
                 if "merger" in entry or "preprocessors" in entry:
@@ -610,7 +813,7 @@ class _Parser:
         if isinstance(value, (str, Mapping)):
             value = [value]
         if not isinstance(value, list):
-            self.problem(f"evaluators: expected a list; got {value!r}.")
+            self.problem(f"evaluators: expected a list; got {short_repr(value)}.")
             return ()
         out = []
         for i, v in enumerate(value):
@@ -631,14 +834,16 @@ class _Parser:
             return OutputSpec()
         if not isinstance(value, Mapping):
             self.problem(
-                f"output: expected a mapping {{dtype, shard_size, copy_files}}; got {value!r}."
+                f"output: expected a mapping {{dtype, shard_size, copy_files}}; got "
+                f"{short_repr(value)}."
             )
             return OutputSpec()
         self.check_keys("output", value, OUTPUT_KEYS)
         dtype = value.get("dtype", "base")
-        if dtype != "base" and dtype not in OUTPUT_DTYPES:
+        if not isinstance(dtype, str) or (dtype != "base" and dtype not in OUTPUT_DTYPES):
             self.problem(
-                f"output.dtype: must be 'base' or one of {', '.join(OUTPUT_DTYPES)}; got {dtype!r}."
+                f"output.dtype: must be 'base' or one of {', '.join(OUTPUT_DTYPES)}; got "
+                f"{short_repr(dtype)}."
             )
             dtype = "base"
         shard_size = 2 * 10**9
@@ -648,7 +853,7 @@ class _Parser:
             self.problem(str(exc))
         copy_files = value.get("copy_files", True)
         if not isinstance(copy_files, bool):
-            self.problem(f"output.copy_files: must be true or false; got {copy_files!r}.")
+            self.problem(f"output.copy_files: must be true or false; got {short_repr(copy_files)}.")
             copy_files = True
         fmt = value.get("format", "model")
         rank = value.get("rank")

@@ -1,4 +1,4 @@
-"""The four contracts every plugin implements.
+"""The five contracts every plugin implements.
 
 A component is a frozen attrs class: its fields are its hyperparameters,
 validated at construction, and the class itself is its own configuration.
@@ -21,6 +21,21 @@ whole model before it can treat one tensor (PAVE's per-model rank allocation,
 TIES with a global trim) sets ``needs_prepass = True``. The pipeline then first
 streams every bundle through :meth:`prepare`, which returns a small state
 object, and passes that state to each per-tensor call.
+
+To let an executor spread that prepass over workers, a two-pass component also
+implements the split form of :meth:`prepare`: ``prepare_map(bundles)`` turns a
+contiguous run of bundles (in plan order) into a *partial*, and
+``prepare_reduce(partials)`` combines the partials, given in plan order, into
+the state. The split must be exact: for every way of cutting the bundles into
+contiguous runs, ``prepare_reduce(prepare_map(run) for run in runs)`` must be
+the state ``prepare(bundles)`` returns, bit for bit (so integer counts can be
+added in any grouping, but float sums keep per-bundle terms and are folded in
+order in ``prepare_reduce``). A component without the split form still works
+under every executor: its prepass then runs as one unit on one worker.
+See ``docs/executors.md``.
+
+Executors (the fifth kind) do not touch tensors: they run the pipeline's
+independent work units in this process, in worker processes or on a cluster.
 """
 
 from __future__ import annotations
@@ -34,7 +49,7 @@ import torch
 
 from pactframe.types import Factorization, LayerBundle, LowRank, MergedTensor
 
-KINDS: tuple[str, ...] = ("decomposer", "preprocessor", "merger", "evaluator")
+KINDS: tuple[str, ...] = ("decomposer", "preprocessor", "merger", "evaluator", "executor")
 
 
 @attrs.frozen
@@ -65,7 +80,7 @@ def param(default: Any, *, validator: Any = None, help: str = "", **kwargs: Any)
 
 
 class Component(abc.ABC):
-    """Common base of the four contracts."""
+    """Common base of the five contracts."""
 
     name: ClassVar[str]
     kind: ClassVar[str]
@@ -105,6 +120,34 @@ class Component(abc.ABC):
             value = getattr(self, f.name)
             config[f.name] = value.to_config() if isinstance(value, Component) else value
         return config
+
+
+class _TwoPass:
+    """The prepass API shared by preprocessors and mergers (see the module docstring)."""
+
+    needs_prepass: ClassVar[bool] = False
+
+    def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
+        """Whole-model statistics for two-pass components (default: none)."""
+        return None
+
+    def prepare_map(self, bundles: Iterable[LayerBundle]) -> Any:
+        """The partial statistics of a contiguous run of bundles (split prepass)."""
+        raise NotImplementedError(f"{type(self).__name__} has no split prepass.")
+
+    def prepare_reduce(self, partials: Iterable[Any]) -> Any:
+        """The state from the partials of consecutive runs, in plan order (split prepass)."""
+        raise NotImplementedError(f"{type(self).__name__} has no split prepass.")
+
+
+def splits_prepass(component: Any) -> bool:
+    """True when ``component`` implements both ``prepare_map`` and ``prepare_reduce``."""
+    cls = type(component)
+    return (
+        getattr(cls, "prepare_map", _TwoPass.prepare_map) is not _TwoPass.prepare_map
+        and getattr(cls, "prepare_reduce", _TwoPass.prepare_reduce)
+        is not _TwoPass.prepare_reduce
+    )
 
 
 class Decomposer(Component):
@@ -158,26 +201,20 @@ class Decomposer(Component):
         )
 
 
-class Preprocessor(Component):
+class Preprocessor(_TwoPass, Component):
     """``LayerBundle -> LayerBundle``: rewrites the task vectors of one tensor."""
 
     kind: ClassVar[str] = "preprocessor"
-    needs_prepass: ClassVar[bool] = False
-
-    def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
-        """Whole-model statistics for two-pass preprocessors (default: none)."""
-        return None
 
     @abc.abstractmethod
     def preprocess(self, bundle: LayerBundle, state: Any = None) -> LayerBundle:
         """Return a bundle with rewritten task vectors (same shapes, device, dtype)."""
 
 
-class Merger(Component):
+class Merger(_TwoPass, Component):
     """``LayerBundle -> MergedTensor``."""
 
     kind: ClassVar[str] = "merger"
-    needs_prepass: ClassVar[bool] = False
     #: True when the method defines per-model weights (``LayerBundle.task_weights``,
     #: from ``models[].weight``); a config with weights and a merger without them
     #: is refused.
@@ -185,10 +222,6 @@ class Merger(Component):
     #: the exact number of fine-tuned models the method takes (``None``: any);
     #: slerp takes one. The config parser refuses other counts.
     exact_models: ClassVar[int | None] = None
-
-    def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
-        """Whole-model statistics for two-pass mergers (default: none)."""
-        return None
 
     def supports(self, bundle: LayerBundle) -> str | None:
         """``None`` if this merger can take the bundle, else the reason it cannot.
@@ -225,9 +258,42 @@ class Evaluator(Component):
         raise NotImplementedError(f"{type(self).__name__} is not a model-level evaluator.")
 
 
+class Executor(Component):
+    """Runs the independent work units of a merge: here, in worker processes, on a cluster.
+
+    The pipeline cuts a merge into units (one per tensor for the main pass, runs
+    of tensors for a split prepass) and hands them, with a picklable *task*, to
+    :meth:`start`'s runner: ``runner.map(task, units)`` must call ``task(unit)``
+    exactly once per unit (in any process that can import the task's classes and
+    read the checkpoints) and yield ``(index into units, result)`` as results
+    arrive, in any order, keeping a bounded number in flight. An exception from
+    ``task(unit)`` is raised from ``map`` (the original one where it pickles);
+    a lost worker raises :class:`~pactframe.errors.ExecutorError` naming the unit
+    (``unit.label``). ``runner.close()`` (also on Ctrl-C) stops every worker.
+
+    ``in_process`` executors get the pipeline's sources as they are (in-memory
+    state dicts included); the others receive paths and read their own tensors.
+    :meth:`check` returns problems (missing package, unreachable cluster, absent
+    device) before any tensor is read; ``pactframe validate`` prints them.
+    """
+
+    kind: ClassVar[str] = "executor"
+    in_process: ClassVar[bool] = False
+
+    def check(self) -> list[str]:
+        """Problems with this executor's settings or environment (empty: ready)."""
+        return []
+
+    @abc.abstractmethod
+    def start(self) -> Any:
+        """A runner with ``map(task, units)``, ``parallelism`` (units worth running at
+        once), ``close()``, and use as a context manager."""
+
+
 CONTRACTS: Mapping[str, type[Component]] = {
     "decomposer": Decomposer,
     "preprocessor": Preprocessor,
     "merger": Merger,
     "evaluator": Evaluator,
+    "executor": Executor,
 }

@@ -54,7 +54,19 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (bytes)."""
+    """Peak resident set size of this process so far (bytes).
+
+    On Linux this is ``VmHWM`` of ``/proc/self/status``, the high-water mark of this
+    process's own memory: ``ru_maxrss`` survives ``exec``, so a child started by a
+    large process would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

@@ -19,6 +19,13 @@ import torch
 
 from pactframe.checkpoint import check_destination
 from pactframe.covariance_io import save_covariances
+from pactframe.output_safety import (
+    check_output,
+    register_temporary,
+    release_temporary,
+    sweep_stale,
+    temporary_path,
+)
 
 TASKS = ("sentiment", "grammar", "paraphrase")
 VOCAB, WIDTH, FFN, LAYERS = 128, 64, 176, 2
@@ -36,12 +43,16 @@ models:
 # replace with [{{name: pave}}] to purify the task vectors with the covariances instead.
 preprocessors:
   - {{name: pact, decomposer: randomized_svd}}
+# tsv_m merges the norms (1-D tensors) itself, with its own `fallback` field
+# (default average, times its scaling, as in the TSV paper's code).
 merger: {{name: tsv_m, scaling: 1.0}}
 rules:
   - match: "embed_tokens|lm_head"
     merger: {{name: task_arithmetic, scaling: 0.3}}
     preprocessors: []
-fallback: average          # norms and other 1-D tensors: the mean of the task vectors
+# The top-level fallback takes the tensors a merger refuses (its supports() gives a
+# reason) and those an `exclude: true` rule sends to it; none here. null: no fallback.
+fallback: average
 evaluators: [intrusion_energy]
 device: auto
 compute_dtype: float32
@@ -141,12 +152,51 @@ def _save_folder(sd: dict[str, torch.Tensor], folder: Path, shards: int) -> None
 
 
 def write_example(directory: str | os.PathLike[str], *, force: bool = False, seed: int = 0) -> Path:
-    """Write the example into ``directory``; return the path of its ``config.yaml``."""
+    """Write the example into ``directory``; return the path of its ``config.yaml``.
+
+    Written into a temporary sibling folder and renamed into place, like a merge
+    output: an error or a signal leaves neither a half-written ``directory`` nor the
+    temporary folder. With ``force`` an existing ``directory`` is replaced only then.
+    Refused (even with ``force``): ``directory`` being a symbolic link, the working
+    directory, the home directory or a folder containing them.
+    """
     root = Path(directory)
+    check_output(root)
     check_destination(root, force=force)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(root)
+    tmp = temporary_path(root, "tmp")
+    tmp.mkdir()
+    register_temporary(tmp)
+    try:
+        _write_files(tmp, root, seed)
+        _replace(tmp, root, force=force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        release_temporary(tmp)
+    return root / "config.yaml"
+
+
+def _replace(tmp: Path, root: Path, *, force: bool) -> None:
+    """Rename ``tmp`` to ``root``; an existing ``root`` (``force``) is removed only after."""
+    check_destination(root, force=force)
+    old = None
     if root.exists():
-        shutil.rmtree(root)
-    root.mkdir(parents=True)
+        old = temporary_path(root, "old")
+        root.rename(old)
+    try:
+        tmp.rename(root)
+    except BaseException:
+        if old is not None:
+            old.rename(root)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_files(root: Path, final: Path, seed: int) -> None:
     base = base_state(seed)
     _save_folder(base, root / "base", shards=1)
     for t, task in enumerate(TASKS):
@@ -159,6 +209,4 @@ def write_example(directory: str | os.PathLike[str], *, force: bool = False, see
             counts,
             source=f"synthetic inputs for task {task!r} (pactframe example)",
         )
-    config = root / "config.yaml"
-    config.write_text(CONFIG_TEMPLATE.format(dir=root))
-    return config
+    (root / "config.yaml").write_text(CONFIG_TEMPLATE.format(dir=final))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pluggy
 
-from pactframe.contracts import Decomposer, Evaluator, Merger, Preprocessor
+from pactframe.contracts import Decomposer, Evaluator, Executor, Merger, Preprocessor
 
 PROJECT_NAME = "pactframe"
 
@@ -50,11 +50,18 @@ def pactframe_register_evaluators() -> list[type[Evaluator]]:  # type: ignore[em
     """Return :class:`~pactframe.contracts.Evaluator` subclasses to register."""
 
 
+@hookspec
+def pactframe_register_executors() -> list[type[Executor]]:  # type: ignore[empty-body]
+    """Return :class:`~pactframe.contracts.Executor` subclasses to register (where the
+    work units of a merge run: this process, worker processes, a cluster)."""
+
+
 HOOK_FOR_KIND: dict[str, str] = {
     "decomposer": "pactframe_register_decomposers",
     "preprocessor": "pactframe_register_preprocessors",
     "merger": "pactframe_register_mergers",
     "evaluator": "pactframe_register_evaluators",
+    "executor": "pactframe_register_executors",
 }
 
 

@@ -28,17 +28,25 @@ import json
 import math
 import os
 import re
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pactframe.checkpoint import CODE_FROM_DTYPE, TensorInfo, check_destination
+from pactframe.checkpoint import (
+    CODE_FROM_DTYPE,
+    SINGLE_NAME,
+    CheckpointReader,
+    CheckpointWriter,
+    TensorInfo,
+    check_destination,
+    resolve_in_folder,
+)
 from pactframe.errors import CheckpointError, InputError
+from pactframe.safetensors_header import JsonProblem, open_regular, strict_json
+from pactframe.sources import apply_nonfinite_policy, check_policy
 from pactframe.types import LowRank
 
 CONFIG_NAME = "adapter_config.json"
@@ -75,6 +83,40 @@ def _pattern_value(patterns: Mapping[str, Any], module: str, default: Any) -> An
     return default
 
 
+_MAX_CONFIG_BYTES = 16 * 2**20
+
+
+def _read_config(folder: Path, where: str) -> dict[str, Any]:
+    """``adapter_config.json`` read as untrusted input: inside the folder, a regular
+    file, bounded size, strict JSON, a JSON object (every problem a CheckpointError)."""
+    path = resolve_in_folder(folder, CONFIG_NAME, what=f"The {where} folder")
+    with open_regular(path) as f:
+        try:
+            raw = f.read(_MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{where}: cannot read {CONFIG_NAME}: {exc.strerror or exc}."
+            ) from exc
+    if len(raw) > _MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{where}: {CONFIG_NAME} is larger than {_MAX_CONFIG_BYTES} bytes; a PEFT adapter "
+            "config is a few kilobytes. Re-save the adapter with save_pretrained."
+        )
+    try:
+        config = strict_json(raw)
+    except JsonProblem as exc:
+        raise CheckpointError(
+            f"{where}: cannot read {CONFIG_NAME}: it {exc}. Re-save the adapter with "
+            "save_pretrained."
+        ) from None
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{where}: {CONFIG_NAME} holds a JSON {type(config).__name__}, not an object. "
+            "Re-save the adapter with save_pretrained."
+        )
+    return config
+
+
 def _strip(key: str) -> str:
     return key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
 
@@ -91,21 +133,25 @@ class LoraAdapterSource:
 
     fresh = True
 
-    def __init__(self, path: str | os.PathLike[str], base: Any, role: str = "adapter") -> None:
-        from safetensors import safe_open
-
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        base: Any,
+        role: str = "adapter",
+        *,
+        nonfinite: str = "error",
+    ) -> None:
         self.path = Path(path)
         self.label = str(self.path)
+        self.role = role
         self.base = base
+        #: the ``nonfinite`` policy (pactframe.sources), applied to the adapter's own
+        #: tensors when a task vector is formed (the base's source applies its own)
+        self.nonfinite = check_policy(nonfinite)
         where = f"{role} ({self.path})"
-        config_path = self.path / CONFIG_NAME
-        try:
-            self.config: dict[str, Any] = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"{where}: cannot read {CONFIG_NAME}: {exc}") from exc
+        self.config: dict[str, Any] = _read_config(self.path, where)
         self._refuse_variants(where)
-        weights = self.path / WEIGHTS_NAME
-        if not weights.is_file():
+        if not (self.path / WEIGHTS_NAME).exists():
             hint = ""
             if (self.path / "adapter_model.bin").exists():
                 hint = (
@@ -113,8 +159,12 @@ class LoraAdapterSource:
                     "re-save it with save_pretrained(..., safe_serialization=True)."
                 )
             raise CheckpointError(f"{where}: {WEIGHTS_NAME} is missing.{hint}")
-        with safe_open(str(weights), framework="pt") as f:
-            self._tensors = {k: f.get_tensor(k) for k in f.keys()}
+        # read as every checkpoint is: inside the folder, a regular file, the header
+        # checked (pactframe.safetensors_header) before any tensor is read
+        weights = resolve_in_folder(self.path, WEIGHTS_NAME, what=f"The {role} folder")
+        self.weights_file = str(weights)
+        reader = CheckpointReader(weights, role=role)
+        self._tensors = {k: reader.load(k) for k in reader.keys()}
         self.fan_in_fan_out = bool(self.config.get("fan_in_fan_out", False))
         self.rslora = bool(self.config.get("use_rslora", False))
         #: base key -> (A, B, scale, transpose, kind) of each LoRA target
@@ -266,6 +316,8 @@ class LoraAdapterSource:
         if entry is None:
             return None
         A, B, scale, transpose = entry
+        self._check(key, A, "lora_A")
+        self._check(key, B, "lora_B")
         lr = LowRank(B.float() * scale, A.float())
         return lr.transpose() if transpose else lr
 
@@ -278,14 +330,22 @@ class LoraAdapterSource:
         if key in self.targets:
             return self.load_factors(key).materialize()  # type: ignore[union-attr]
         if key in self.full:
+            self._check(key, self.full[key], "saved module")
             return self.full[key].float() - self.base.load(key).float()
         if key in self.dense_deltas:
+            self._check(key, self.dense_deltas[key], "lora_B bias")
             return self.dense_deltas[key].clone()
         return None
+
+    def _check(self, key: str, tensor: torch.Tensor, part: str) -> None:
+        apply_nonfinite_policy(
+            tensor, self.nonfinite, model=self.role, key=f"{key} ({part})", file=self.weights_file
+        )
 
     def load(self, key: str) -> torch.Tensor:
         """The fine-tuned tensor ``W_0 + Delta`` in the base's dtype."""
         if key in self.full:
+            self._check(key, self.full[key], "saved module")
             return self.full[key].clone()
         base = self.base.load(key)
         d = self.delta(key)
@@ -363,8 +423,6 @@ def write_merged_adapter(
     whole. Any other tensor whose merged delta is not zero cannot be expressed in
     the adapter: the merge is refused before anything is written.
     """
-    from safetensors.torch import save
-
     from pactframe.device import peak_device_bytes, peak_rss_bytes
 
     started = time.perf_counter()
@@ -395,95 +453,105 @@ def write_merged_adapter(
     }
     biases = {k for a in adapters for k in a.full if k not in whole}  # bias: all / lora_only
     whole |= biases
-    tensors: dict[str, torch.Tensor] = {}
-    entries: list[dict[str, Any]] = []
+    target_set = set(targets)
+    keys: dict[str, tuple[str, str]] = {}  # target weight -> (A key, B key) in the adapter
+    layout: list[tuple[str, tuple[int, ...], torch.dtype]] = []
+    for t in plan.tensors:  # the adapter's tensors, known before any is computed
+        if t.handler != "copy" and t.name in target_set:
+            m, n = t.shape
+            if _is_transposed(adapters, t.name, fan_in_fan_out):
+                m, n = n, m
+            r = min(rank, m, n)
+            module = t.name[: -len(".weight")]
+            a, b = ("lora_embedding_A", "lora_embedding_B") if any(
+                t.name in x.embeddings for x in adapters
+            ) else ("lora_A.weight", "lora_B.weight")
+            keys[t.name] = (f"{PEFT_PREFIX}{module}.{a}", f"{PEFT_PREFIX}{module}.{b}")
+            layout.append((keys[t.name][0], (r, n), t.out_dtype))
+            layout.append((keys[t.name][1], (m, r), t.out_dtype))
+        elif t.name in whole:
+            layout.append((f"{PEFT_PREFIX}{t.name}", tuple(t.shape), t.out_dtype))
+    layout.sort(key=lambda item: item[0])
+    entries: list[dict[str, Any] | None] = [None] * len(plan.tensors)
     module_errors: dict[str, float] = {}
     dropped: list[str] = []
-    for result in pipeline.results(progress):
-        name = result.plan.name
-        entry = result.report
-        merged = result.merged
-        copied = result.plan.handler == "copy"
-        if not copied and name in targets:
-            if merged is not None:
-                delta = merged.delta.to(torch.float64)
-            else:  # a runner that keeps no device result: the written tensor minus the base
-                delta = result.tensor.double() - pipeline.sources.base.load(name).double()
-            d = delta.transpose(0, 1) if _is_transposed(adapters, name, fan_in_fan_out) else delta
-            U, S, Vh = torch.linalg.svd(d, full_matrices=False)
-            r = min(rank, int(S.shape[0]))
-            total = float(torch.linalg.vector_norm(S))
-            rest = float(torch.linalg.vector_norm(S[r:]))
-            err = rest / total if total > 0 else 0.0
-            module = name[: -len(".weight")]
-            dt = result.tensor.dtype
-            a, b = ("lora_embedding_A", "lora_embedding_B") if any(
-                name in x.embeddings for x in adapters
-            ) else ("lora_A.weight", "lora_B.weight")
-            tensors[f"{PEFT_PREFIX}{module}.{a}"] = Vh[:r].to(dt).cpu().contiguous()
-            tensors[f"{PEFT_PREFIX}{module}.{b}"] = (U[:, :r] * S[:r]).to(dt).cpu().contiguous()
-            entry["lora"] = {"rank": r, "relative_truncation_error": err}
-            module_errors[module] = err
-        elif name in whole:
-            tensors[f"{PEFT_PREFIX}{name}"] = result.tensor.contiguous()
-            entry["lora"] = {"saved_whole": True}
-        elif merged is not None and bool(torch.any(merged.delta != 0)):
-            dropped.append(name)
-        entries.append(entry)
-        if on_tensor is not None:
-            on_tensor(result)
-    if progress is not None:
-        progress.close()
-    if dropped:
-        raise InputError(
-            f"output.format: lora: {len(dropped)} tensor(s) have a nonzero merged delta but "
-            f"are neither a LoRA target nor in modules_to_save of an input adapter (a full "
-            f"fine-tune changed them): {dropped[:5]}. Write a full model (drop output.format) "
-            "or merge adapters only."
+    # the checkpoint writer's atomic output (temporary sibling, signals, fsync, --force),
+    # one shard renamed to PEFT's file name before the commit
+    with CheckpointWriter(out, layout, shard_size=2**62, force=force) as w:
+        with pipeline._start() as runner:
+            # any executor: each worker returns its merged delta (float32, CPU)
+            for index, result in pipeline.stream(runner, deltas=True):
+                name = result.plan.name
+                entry = result.report
+                copied = result.plan.handler == "copy"
+                delta = result.delta if result.merged is None else result.merged.delta
+                if name in keys:
+                    if delta is None:  # defensive: the written tensor minus the base
+                        delta = result.tensor.double() - pipeline.sources.base.load(name).double()
+                    d = delta.to("cpu", torch.float64)
+                    if _is_transposed(adapters, name, fan_in_fan_out):
+                        d = d.transpose(0, 1)
+                    U, S, Vh = torch.linalg.svd(d, full_matrices=False)
+                    r = min(rank, int(S.shape[0]))
+                    total = float(torch.linalg.vector_norm(S))
+                    rest = float(torch.linalg.vector_norm(S[r:]))
+                    err = rest / total if total > 0 else 0.0
+                    dt = result.tensor.dtype
+                    w.write(keys[name][0], Vh[:r].to(dt).contiguous())
+                    w.write(keys[name][1], (U[:, :r] * S[:r]).to(dt).contiguous())
+                    entry["lora"] = {"rank": r, "relative_truncation_error": err}
+                    module_errors[name[: -len(".weight")]] = err
+                elif name in whole:
+                    w.write(f"{PEFT_PREFIX}{name}", result.tensor.contiguous())
+                    entry["lora"] = {"saved_whole": True}
+                elif not copied and delta is not None and bool(torch.any(delta != 0)):
+                    dropped.append(name)
+                entries[index] = entry
+                if progress is not None:
+                    progress.update(name, result.plan.read_bytes)
+                if on_tensor is not None:
+                    on_tensor(result)
+            executor_section = pipeline.executor_report(runner)
+        if progress is not None:
+            progress.close()
+        if dropped:
+            raise InputError(
+                f"output.format: lora: {len(dropped)} tensor(s) have a nonzero merged delta "
+                f"but are neither a LoRA target nor in modules_to_save of an input adapter (a "
+                f"full fine-tune changed them): {dropped[:5]}. Write a full model (drop "
+                "output.format) or merge adapters only."
+            )
+        config = _output_config(adapters[0].config, rank, targets, saved_modules, fan_in_fan_out)
+        config["base_model_name_or_path"] = str(pipeline.spec.base)
+        if biases:
+            config["bias"] = "all"
+        pipeline.timings["total_s"] = time.perf_counter() - started
+        report = build_report(
+            pipeline,
+            plan,
+            [e for e in entries if e is not None],
+            peak_rss=peak_rss_bytes(),
+            peak_device=peak_device_bytes(pipeline.device),
+            modulators=None,
+            shards=[WEIGHTS_NAME],
         )
-    config = _output_config(adapters[0].config, rank, targets, saved_modules, fan_in_fan_out)
-    config["base_model_name_or_path"] = str(pipeline.spec.base)
-    if biases:
-        config["bias"] = "all"
-    pipeline.timings["total_s"] = time.perf_counter() - started
-    report = build_report(
-        pipeline,
-        plan,
-        entries,
-        peak_rss=peak_rss_bytes(),
-        peak_device=peak_device_bytes(pipeline.device),
-        modulators=None,
-        shards=[WEIGHTS_NAME],
-    )
-    report["lora_output"] = {
-        "rank": rank,
-        "target_modules": len(targets),
-        "modules_to_save": saved_modules,
-        "relative_truncation_error": module_errors,
-        "max_relative_truncation_error": max(module_errors.values(), default=0.0),
-    }
-    tmp = out.parent / f".{out.name}.pactframe-tmp-{uuid.uuid4().hex[:8]}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.mkdir()
-    try:
-        (tmp / WEIGHTS_NAME).write_bytes(save(tensors, metadata={"format": "pt"}))
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / report_file).write_text(json.dumps(report, indent=2) + "\n")
+        report["executor"] = executor_section
+        report["lora_output"] = {
+            "rank": rank,
+            "target_modules": len(targets),
+            "modules_to_save": saved_modules,
+            "relative_truncation_error": module_errors,
+            "max_relative_truncation_error": max(module_errors.values(), default=0.0),
+        }
+        (w.staging / SINGLE_NAME).rename(w.staging / WEIGHTS_NAME)  # the open handle follows
+        w.add_file(CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        w.add_file(report_file, json.dumps(report, indent=2) + "\n")
         if model_card is not None:
             card = model_card(report).replace(
                 "library_name: transformers", "library_name: peft", 1
             )  # the card's metadata: this folder is a PEFT adapter
-            (tmp / "README.md").write_text(card)
-        old = None
-        if out.exists():
-            check_destination(out, force=force)
-            old = out.parent / f".{out.name}.pactframe-old-{uuid.uuid4().hex[:8]}"
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            w.add_file("README.md", card)
+        w.commit()
     return report
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import attrs
 
+from pactframe.errors import ConfigProblems, short_repr
+
 SUPPORTED_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "dare_linear", "slerp")
 #: why a mergekit method has no pactframe equivalent, and what to use instead
 UNSUPPORTED_METHODS = {
@@ -91,24 +93,29 @@ class _Converter:
 
     def path(self, where: str, ref: Any) -> str | None:
         if not isinstance(ref, str) or not ref:
-            self.problems.append(f"{where}: expected a model path; got {ref!r}.")
+            self.problems.append(f"{where}: expected a model path; got {short_repr(ref)}.")
             return None
-        if "+" in ref and not Path(ref).exists():
+        if "+" in ref and not _exists(ref):
             self.problems.append(
-                f"{where}: {ref!r} applies a LoRA (model+lora), which pactframe does not do; "
+                f"{where}: {short_repr(ref)} applies a LoRA (model+lora), which pactframe does "
+                "not do; "
                 "merge the adapter into the model first (peft's merge_and_unload) and give "
                 "that folder."
             )
             return None
-        p = Path(ref).expanduser()
-        if p.is_absolute():
-            found = p.exists()
-        elif (self.base_dir / p).exists():
-            found = True
-        elif Path.cwd().joinpath(p).exists():  # mergekit resolves against the working dir
-            return str(Path.cwd() / p)
-        else:
-            found = False
+        try:
+            p = Path(ref).expanduser()
+            if p.is_absolute():
+                found = p.exists()
+            elif (self.base_dir / p).exists():
+                found = True
+            elif Path.cwd().joinpath(p).exists():  # mergekit resolves against the working dir
+                return str(Path.cwd() / p)
+            else:
+                found = False
+        except (OSError, ValueError, RuntimeError) as exc:  # name too long, NUL byte, ~user
+            self.problems.append(f"{where}: {short_repr(ref)} is not a usable path ({exc}).")
+            return None
         if not found:
             hub = re.fullmatch(r"[\w.-]+/[\w.-]+", ref) is not None
             advice = (
@@ -117,13 +124,14 @@ class _Converter:
                 if hub
                 else ""
             )
-            self.problems.append(f"{where}: model {ref!r} is not a local folder.{advice}")
+            self.problems.append(f"{where}: model {short_repr(ref)} is not a local folder.{advice}")
         return ref
 
     def scalar(self, where: str, name: str, value: Any) -> Any:
         if isinstance(value, (list, Mapping)):
             self.problems.append(
-                f"{where}: parameter {name!r} is a per-tensor list ({value!r}); pactframe maps "
+                f"{where}: parameter {short_repr(name)} is a per-tensor list "
+                f"({short_repr(value)}); pactframe maps "
                 "scalar values only (slerp's t excepted). Write a pactframe config with rules "
                 "(one merger per tensor-name pattern) instead."
             )
@@ -135,6 +143,8 @@ def _num_layers(folder: Path) -> int | None:
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
         return None
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if isinstance(config.get(key), int):
@@ -156,26 +166,29 @@ def convert_mergekit(
 ) -> Converted:
     """A mergekit config -> ``Converted``; raises ``ConfigProblems`` naming everything
     that cannot be mapped, with what to do."""
-    from pactframe.config import ConfigProblems
-
     conv = _Converter(Path(base_dir) if base_dir is not None else Path.cwd())
     problems, notes = conv.problems, conv.notes
     method = data.get("merge_method")
+    if not isinstance(method, str):
+        problems.append(f"merge_method must be a method name; got {short_repr(method)}.")
+        method = ""
     for key in data:
         if key in REFUSED_TOP_KEYS:
-            problems.append(f"mergekit key {key!r}: {REFUSED_TOP_KEYS[key]}.")
+            problems.append(f"mergekit key {short_repr(key)}: {REFUSED_TOP_KEYS[key]}.")
         elif key not in TOP_KEYS:
             problems.append(
-                f"mergekit key {key!r} is not one pactframe maps (known: {', '.join(TOP_KEYS)})."
+                f"mergekit key {short_repr(key)} is not one pactframe maps (known: "
+                f"{', '.join(TOP_KEYS)})."
             )
     if method in UNSUPPORTED_METHODS:
         problems.append(
-            f"merge_method {method!r} has no pactframe equivalent: {UNSUPPORTED_METHODS[method]}."
+            f"merge_method {short_repr(method)} has no pactframe equivalent: "
+            f"{UNSUPPORTED_METHODS[method]}."
             f" Supported: {', '.join(SUPPORTED_METHODS)}."
         )
-    elif method not in SUPPORTED_METHODS:
+    elif method and method not in SUPPORTED_METHODS:
         problems.append(
-            f"merge_method {method!r} is not a method pactframe maps; supported: "
+            f"merge_method {short_repr(method)} is not a method pactframe maps; supported: "
             f"{', '.join(SUPPORTED_METHODS)}."
         )
     if problems:
@@ -185,7 +198,7 @@ def convert_mergekit(
     entries = _entries(conv, data)
     global_params = data.get("parameters") or {}
     if not isinstance(global_params, Mapping):
-        problems.append(f"parameters: expected a mapping; got {global_params!r}.")
+        problems.append(f"parameters: expected a mapping; got {short_repr(global_params)}.")
         global_params = {}
     allowed = METHOD_PARAMETERS[method]
     for where, params in [("parameters", global_params)] + [
@@ -194,7 +207,7 @@ def convert_mergekit(
         for key in params:
             if key not in allowed:
                 problems.append(
-                    f"{where}: {method} has no parameter {key!r} that pactframe maps "
+                    f"{where}: {method} has no parameter {short_repr(key)} that pactframe maps "
                     f"(mapped: {', '.join(allowed)})."
                 )
     base_ref = data.get("base_model")
@@ -221,11 +234,17 @@ def convert_mergekit(
         weight = get("weight", params, None)
         if weight is not None:
             if not _number(weight):
-                problems.append(f"model {ref!r}: weight must be a number; got {weight!r}.")
+                problems.append(
+                    f"model {short_repr(ref)}: weight must be a number; got "
+                    f"{short_repr(weight)}."
+                )
             entry["weight"] = weight
         elif method != "slerp":
             entry["weight"] = 1.0
-            notes.append(f"model {ref!r} has no weight; mergekit requires one, 1.0 is used")
+            notes.append(
+                f"model {short_repr(ref)} has no weight; mergekit requires one, 1.0 is "
+                "used"
+            )
         if "density" in METHOD_PARAMETERS[method]:
             densities.add(get("density", params, 1.0))
         models.append(entry)
@@ -261,12 +280,13 @@ def convert_mergekit(
         )
     if len(densities) > 1:
         problems.append(
-            f"{method}: the models have different densities {sorted(densities)}; pactframe's "
+            f"{method}: the models have different densities "
+            f"{short_repr(sorted(map(str, densities)))}; pactframe's "
             "trim and drop take one fraction for all models. Use one density."
         )
     density = next(iter(densities)) if densities else 1.0
     if not _number(density) or not 0.0 < density <= 1.0:
-        problems.append(f"density must be a number in (0, 1]; got {density!r}.")
+        problems.append(f"density must be a number in (0, 1]; got {short_repr(density)}.")
         density = 1.0
     rescale = global_params.get("rescale", True)
     if method == "linear":
@@ -319,9 +339,15 @@ def convert_mergekit(
         out["merger"] = merger
     dtype = data.get("dtype")
     out_dtype = data.get("out_dtype") or dtype
+    if dtype is not None and not isinstance(dtype, str):
+        problems.append(f"dtype must be a dtype name; got {short_repr(dtype)}.")
+        dtype = out_dtype = None
+    if out_dtype is not None and not isinstance(out_dtype, str):
+        problems.append(f"out_dtype must be a dtype name; got {short_repr(out_dtype)}.")
+        out_dtype = None
     if dtype is not None:
         if dtype not in DTYPES:
-            problems.append(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}.")
+            problems.append(f"dtype {short_repr(dtype)} is not one of {', '.join(DTYPES)}.")
         out["input_dtype"] = "cast"
         if DTYPES.get(dtype) == "float64":
             out["compute_dtype"] = "float64"
@@ -335,7 +361,7 @@ def convert_mergekit(
         if out_dtype in DTYPES:
             out["output"] = {"dtype": DTYPES[out_dtype]}
         elif out_dtype != dtype:  # an unknown dtype was reported above
-            problems.append(f"out_dtype {out_dtype!r} is not one of {', '.join(DTYPES)}.")
+            problems.append(f"out_dtype {short_repr(out_dtype)} is not one of {', '.join(DTYPES)}.")
     tok = data.get("tokenizer_source")
     if tok is not None:
         if tok in ("base", "union"):
@@ -344,13 +370,21 @@ def convert_mergekit(
             out["vocab"] = "base"
         else:
             problems.append(
-                f"tokenizer_source {tok!r}: pactframe takes the tokenizer of the base (vocab: "
+                f"tokenizer_source {short_repr(tok)}: pactframe takes the tokenizer of the "
+                "base (vocab: "
                 "base) or keeps every model's added tokens at their ids (vocab: union); use one "
                 "of those."
             )
     if problems:
         raise ConfigProblems(problems, source)
     return Converted(out, tuple(notes))
+
+
+def _exists(path: str) -> bool:
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 def _resolve(base_dir: Path, path: str) -> Path:
@@ -368,7 +402,7 @@ def _entries(conv: _Converter, data: Mapping[str, Any]) -> list[tuple[str, dict,
     out: list[tuple[str, dict, str | None]] = []
     if models is not None:
         if not isinstance(models, list) or not models:
-            conv.problems.append(f"models: expected a non-empty list; got {models!r}.")
+            conv.problems.append(f"models: expected a non-empty list; got {short_repr(models)}.")
             return []
         for i, m in enumerate(models):
             if isinstance(m, str):
@@ -376,7 +410,13 @@ def _entries(conv: _Converter, data: Mapping[str, Any]) -> list[tuple[str, dict,
             if not isinstance(m, Mapping) or "model" not in m:
                 conv.problems.append(f"models[{i}]: expected {{model: PATH, parameters: ...}}.")
                 continue
-            params = dict(m.get("parameters") or {})
+            params = m.get("parameters") or {}
+            if not isinstance(params, Mapping):
+                conv.problems.append(
+                    f"models[{i}].parameters: expected a mapping; got {short_repr(params)}."
+                )
+                continue
+            params = dict(params)
             out.append((m["model"], params, conv.path(f"models[{i}].model", m["model"])))
         return out
     if not isinstance(slices, list) or len(slices) != 1 or not isinstance(slices[0], Mapping):
@@ -390,7 +430,11 @@ def _entries(conv: _Converter, data: Mapping[str, Any]) -> list[tuple[str, dict,
     extra = set(sl) - {"sources"}
     if extra:
         conv.problems.append(f"slices[0]: keys {sorted(extra)} are not mapped; use models:.")
-    for i, src in enumerate(sl.get("sources") or []):
+    sources = sl.get("sources") or []
+    if not isinstance(sources, list):
+        conv.problems.append(f"slices[0].sources: expected a list; got {short_repr(sources)}.")
+        sources = []
+    for i, src in enumerate(sources):
         if not isinstance(src, Mapping) or "model" not in src:
             conv.problems.append(f"slices[0].sources[{i}]: expected {{model, layer_range}}.")
             continue
@@ -399,8 +443,15 @@ def _entries(conv: _Converter, data: Mapping[str, Any]) -> list[tuple[str, dict,
         layers = _num_layers(_resolve(conv.base_dir, path)) if path else None
         if not (isinstance(rng, list) and len(rng) == 2 and rng[0] == 0 and rng[1] == layers):
             conv.problems.append(
-                f"slices[0].sources[{i}]: layer_range {rng!r} is not the whole model "
+                f"slices[0].sources[{i}]: layer_range {short_repr(rng)} is not the whole model "
                 f"([0, {layers}] from its config.json); pactframe merges whole models only."
             )
-        out.append((src["model"], dict(src.get("parameters") or {}), path))
+        src_params = src.get("parameters") or {}
+        if not isinstance(src_params, Mapping):
+            conv.problems.append(
+                f"slices[0].sources[{i}].parameters: expected a mapping; got "
+                f"{short_repr(src_params)}."
+            )
+            continue
+        out.append((src["model"], dict(src_params), path))
     return out

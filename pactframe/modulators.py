@@ -26,7 +26,7 @@ import shutil
 import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from pactframe.checkpoint import (
     read_header,
 )
 from pactframe.errors import CheckpointError, InputError
+from pactframe.output_safety import check_output
 
 MODULATOR_FILE = "task_modulators.safetensors"  # in checkpoint.NON_WEIGHT_SAFETENSORS
 FORMAT_NAME = "pactframe-task-modulators"
@@ -99,11 +100,32 @@ class ModulatorWriter:
             self._offset += len(data)
         self._shapes[key] = [int(s) for s in shape]
 
-    def finish(self) -> Path | None:
-        """Assemble the safetensors file (header + the raw data); ``None`` if nothing was added."""
+    def finish(self, order: Sequence[str] | None = None) -> Path | None:
+        """Assemble the safetensors file (header + the raw data); ``None`` if nothing was added.
+
+        ``order``: tensor keys in the order the file lists them (e.g. the plan's), so
+        the file's bytes do not depend on the order tensors arrived in; keys not in
+        ``order`` follow in arrival order. The data is copied segment by segment.
+        """
         if self._raw is None:
             return None
         self._raw.close()
+        arrival = list(self._shapes)
+        keys = arrival
+        if order is not None:
+            rank = {k: i for i, k in enumerate(order)}
+            came = {k: i for i, k in enumerate(arrival)}
+            keys = sorted(arrival, key=lambda k: (rank.get(k, len(rank)), came[k]))
+        entries: dict[str, dict] = {}
+        segments: list[tuple[int, int]] = []
+        offset = 0
+        for key in keys:
+            for suffix in ("::mask", "::scale"):
+                entry = self._entries[key + suffix]
+                begin, end = entry["data_offsets"]
+                entries[key + suffix] = {**entry, "data_offsets": [offset, offset + end - begin]}
+                segments.append((begin, end - begin))
+                offset += end - begin
         header = {
             "__metadata__": {
                 "format": FORMAT_NAME,
@@ -111,7 +133,7 @@ class ModulatorWriter:
                 "tasks": json.dumps(list(self.task_names)),
                 "shapes": json.dumps(self._shapes, sort_keys=True),
             },
-            **self._entries,
+            **entries,
         }
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
@@ -119,7 +141,20 @@ class ModulatorWriter:
         with open(out, "wb") as f, open(self._raw_path, "rb") as src:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
-            shutil.copyfileobj(src, f, 16 * 2**20)
+            if keys == arrival:
+                shutil.copyfileobj(src, f, 16 * 2**20)
+            else:
+                for begin, length in segments:
+                    src.seek(begin)
+                    while length > 0:
+                        chunk = src.read(min(length, 16 * 2**20))
+                        if not chunk:
+                            raise CheckpointError(
+                                f"{str(self._raw_path)!r} ended early while assembling the "
+                                "task modulators."
+                            )
+                        f.write(chunk)
+                        length -= len(chunk)
         self._raw_path.unlink()
         return out
 
@@ -144,8 +179,43 @@ class ModulatorReader:
                 f"{str(self.path)!r} is not a version-{FORMAT_VERSION} {FORMAT_NAME} file "
                 f"(format {meta.get('format')!r}, version {meta.get('version')!r})."
             )
-        self.task_names: tuple[str, ...] = tuple(json.loads(meta["tasks"]))
-        self.shapes: dict[str, list[int]] = json.loads(meta["shapes"])
+        tasks: Any = None
+        shapes: Any = None
+        problem: str | None = None
+        try:
+            tasks = json.loads(meta["tasks"])
+            shapes = json.loads(meta["shapes"])
+        except (KeyError, ValueError, RecursionError) as exc:
+            problem = f"its 'tasks'/'shapes' metadata is missing or not JSON ({type(exc).__name__})"
+        ok_tasks = isinstance(tasks, list) and all(isinstance(t, str) for t in tasks) and tasks
+        ok_shapes = isinstance(shapes, dict) and all(
+            isinstance(v, list) and all(type(d) is int and d >= 0 for d in v)
+            for v in shapes.values()
+        )
+        if problem is None and not (ok_tasks and ok_shapes):
+            problem = "its 'tasks' must be a list of task names and 'shapes' {tensor: [dims]}"
+        if problem is None:
+            n = len(tasks)
+            for key, shape in shapes.items():
+                mask, scale = infos.get(key + "::mask"), infos.get(key + "::scale")
+                numel = int(np.prod(shape)) if shape else 1
+                if (
+                    mask is None
+                    or scale is None
+                    or mask.shape != (n, (numel + 7) // 8)
+                    or scale.shape != (n,)
+                    or mask.dtype_code != "U8"
+                    or scale.dtype_code != "F32"
+                ):
+                    problem = f"the modulators of tensor {key[:60]!r} do not match 'shapes'"
+                    break
+        if problem is not None:
+            raise CheckpointError(
+                f"{str(self.path)!r} is not a usable task-modulator file: {problem}. "
+                "Re-run the merge that wrote it."
+            )
+        self.task_names: tuple[str, ...] = tuple(tasks)
+        self.shapes: dict[str, list[int]] = shapes
         self._reader = CheckpointReader(self.path, role="task modulators")
 
     def task_index(self, task: str) -> int:
@@ -193,6 +263,7 @@ def materialize(
                 f"Cannot find the base model of {str(merged_dir)!r} in {str(report)!r} ({exc}); "
                 "pass it explicitly with --base PATH."
             ) from exc
+    check_output(dest, [("the merged model", merged_dir), ("the base model", Path(base))])
     merged = CheckpointReader(merged_dir, role="merged model")
     base_reader = CheckpointReader(Path(base), role="base model")
     layout = [(k, merged.info(k).shape, merged.info(k).dtype) for k in merged.keys()]

@@ -1,23 +1,28 @@
-"""MergePipeline: streams checkpoints tensor by tensor through the recipe.
+"""MergePipeline: plans a merge, cuts it into work units, writes what comes back.
 
-For every tensor name (in the base checkpoint's order) the pipeline
+The pipeline holds no algorithm. It
 
-1. reads base + T fine-tuned tensors (+ covariances) on a reader thread that
-   runs ``prefetch`` names ahead;
-2. places them on the device in the compute dtype and forms the task vectors
-   ``Delta_t = theta_t - theta_0`` there (the pipeline alone moves tensors);
-3. runs the preprocessors in order, then the merger (or the fallback merger,
-   or a plain copy for non-float tensors - see :mod:`pactframe.plan`);
-4. runs the tensor-level evaluators;
-5. forms ``base + delta``, casts it to the output dtype, moves it to the CPU and
-   hands it to the sink (the atomic :class:`~pactframe.checkpoint.CheckpointWriter`
-   or an in-memory dict).
+1. checks the config, the executor's settings and every checkpoint header, and
+   routes every tensor (:mod:`pactframe.plan`) before any tensor data is read;
+2. runs the prepass of each two-pass component (``needs_prepass``), through the
+   preprocessors before it: as ``prepare_map`` over contiguous runs of tensors
+   spread over the workers and one ``prepare_reduce`` here, or as one whole
+   ``prepare`` on one worker when the component has no split form;
+3. cuts the main pass into one :class:`~pactframe.work.TensorUnit` per tensor
+   name and hands them, with a :class:`~pactframe.work.MergeJob` (spec, states,
+   device), to the executor (``local`` by default: this process, reading
+   ``prefetch`` names ahead on a thread). Each worker reads its own tensors,
+   merges them (:class:`~pactframe.work.TensorWorker`: task vectors,
+   preprocessors, merger or fallback or copy, evaluators, ``base + delta`` in the
+   output dtype on the CPU) and returns the result;
+4. writes each result the moment it arrives, in any order, at its planned
+   offset in the atomic :class:`~pactframe.checkpoint.CheckpointWriter`
+   (task modulators and the report in plan order), or collects a dict.
 
-Two-pass components (``needs_prepass``) get one extra streaming pass per
-component before the main pass: every bundle of its recipe, through the
-preprocessors before it, goes into ``component.prepare``; the returned state
-is passed to each per-tensor call. Tensor seeds are
-``derive_seed(run_seed, name)``, so the result does not depend on the order.
+Tensor seeds are ``derive_seed(run_seed, name)`` and a prepass split must be
+exact, so the bytes written do not depend on the executor, the number of
+workers or the order results arrive in (given the same torch thread count per
+worker: see ``docs/executors.md``).
 """
 
 from __future__ import annotations
@@ -25,52 +30,36 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
 from pactframe.checkpoint import CheckpointWriter, non_weight_files
-from pactframe.config import ConfigProblems, MergeSpec, RecipeSpec
+from pactframe.config import ConfigProblems, MergeSpec
+from pactframe.contracts import Executor, splits_prepass
 from pactframe.device import COMPUTE_DTYPES, peak_device_bytes, peak_rss_bytes, resolve_device
-from pactframe.errors import ConfigError, InputError
+from pactframe.errors import ConfigError
+from pactframe.execution import InProcessRunner, contiguous_chunks, ordered
 from pactframe.modulators import ModulatorWriter
-from pactframe.plan import COPY, FALLBACK, RECIPE, MergePlan, TensorPlan, make_plan, needs_prepass
+from pactframe.output_safety import check_output, merge_inputs
+from pactframe.plan import RECIPE, MergePlan, make_plan, needs_prepass
 from pactframe.progress import Progress
 from pactframe.registry import Registry
 from pactframe.seeding import derive_seed
 from pactframe.sources import Sources
-from pactframe.types import LayerBundle, LowRank, MergedTensor
+from pactframe.work import (
+    MergeJob,
+    PrepassResult,
+    PrepassUnit,
+    TensorResult,
+    TensorUnit,
+    jsonable,
+    open_files,
+)
 
 REPORT_FILE = "merge_report.json"
-
-
-@attrs.frozen(eq=False)
-class _Inputs:
-    """CPU tensors of one name, as read."""
-
-    base: torch.Tensor
-    # consumed (emptied) by _bundle to free memory early; an adapter gives its task
-    # vector instead: LowRank factors, or None for a zero task vector
-    finetuned: list[torch.Tensor | LowRank | None]
-    covariances: tuple[torch.Tensor | None, ...] | None
-    owned: bool = False  # True when the tensors are fresh buffers nobody else holds
-
-
-@attrs.frozen(eq=False)
-class TensorResult:
-    """One merged tensor (CPU, output dtype) and what the report says about it."""
-
-    plan: TensorPlan
-    tensor: torch.Tensor
-    merged: MergedTensor | None  # on the device; None for copies
-    report: dict[str, Any]
-    original: LayerBundle | None = None  # as read (device, compute dtype); None for copies
-    processed: LayerBundle | None = None  # after the preprocessors
+__all__ = ["MergePipeline", "TensorResult", "REPORT_FILE"]
 
 
 class MergePipeline:
@@ -78,6 +67,7 @@ class MergePipeline:
 
     Build it from a spec (``MergePipeline(spec)``), a YAML path or a dict
     (:meth:`from_config`); ``sources`` default to the files the spec names.
+    ``executor`` (default: the spec's, else ``local``) runs the work units.
     """
 
     def __init__(
@@ -86,11 +76,21 @@ class MergePipeline:
         *,
         sources: Sources | None = None,
         device: str | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.spec = spec
-        self.device = resolve_device(device or spec.device)
+        self.executor: Executor | None = executor or getattr(spec, "executor", None)
+        self._device_spec = device or spec.device
+        try:
+            self.device = resolve_device(self._device_spec)
+        except ConfigError:
+            if self._runs_here:
+                raise
+            # workers elsewhere (a cluster) may have the device this driver lacks
+            self.device = torch.device(str(self._device_spec).split(":")[0].replace("auto", "cpu"))
+        self._workers: dict[str, dict[str, Any]] = {}
         self.compute_dtype = COMPUTE_DTYPES[spec.compute_dtype]
-        self._sources = sources
+        self._sources = None if sources is None else sources.with_nonfinite(spec.nonfinite)
         self._plan: MergePlan | None = None
         self._vocab_checked = False
         self.vocab: Any = None  # a pactframe.vocab.VocabResult once the sources are opened
@@ -118,16 +118,13 @@ class MergePipeline:
     @property
     def sources(self) -> Sources:
         if self._sources is None:
-            sources, problems = Sources.open(self.spec.base, self.spec.models)
-            if problems:
-                raise ConfigProblems(problems, "the checkpoints")
-            self._sources = sources
+            self._sources = open_files(self.spec)  # as every worker opens them
         if not self._vocab_checked:  # added-token rows (vocab: base | union), see pactframe.vocab
             from pactframe.vocab import apply_vocab
 
             self._sources, self.vocab = apply_vocab(self.spec, self._sources)
             self._vocab_checked = True
-        return self._sources  # type: ignore[return-value]
+        return self._sources
 
     def plan(self) -> MergePlan:
         """Check every header and route every tensor (no tensor data is read)."""
@@ -138,77 +135,97 @@ class MergePipeline:
             self._plan = plan
         return self._plan
 
-    # reading and placing -------------------------------------------------
-    def _read(self, t: TensorPlan) -> _Inputs:
-        src = self.sources
-        base = src.base.load(t.name)
-        fts = [_read_task(m, t.name) for m in src.models] if t.handler != COPY else []
-        covs = None
-        if t.covariance_tasks and t.handler != COPY:
-            covs = tuple(
-                None if c is None or t.name not in c.entries() else c.load(t.name)
-                for c in src.covariances
+    # executors -----------------------------------------------------------
+    def executor_problems(self) -> list[str]:
+        """The executor's own check (package, cluster, devices), as config problems."""
+        ex = self.executor
+        if ex is None:
+            return []
+        return [f"executor {ex.name!r}: {p}" for p in ex.check()]
+
+    def _start(self) -> Any:
+        """The executor's runner (its settings were checked by :meth:`run`)."""
+        if self.executor is None:
+            return InProcessRunner()
+        return self.executor.start()
+
+    def _job(
+        self,
+        states: dict[tuple[int, int], Any],
+        in_process: bool,
+        stage: tuple[int, int] | None = None,
+        keep: bool = False,
+        deltas: bool = False,
+    ) -> MergeJob:
+        if in_process:
+            return MergeJob(
+                self.spec, states, str(self.device), self.sources, stage, keep, deltas=deltas
             )
-        return _Inputs(base, fts, covs, owned=all(getattr(m, "fresh", False) for m in src.models))
+        src = self._sources
+        if src is not None and not (
+            all(_from_files(s) for s in (src.base, *src.models))
+            and all(c is None or hasattr(c, "path") for c in src.covariances)
+        ):
+            raise ConfigError(
+                f"The {self.executor_name!r} executor runs units in other processes, which read "
+                "the checkpoints from files; this merge was given in-memory tensors. Use the "
+                "'local' executor, or save the checkpoints as safetensors files."
+            )
+        return MergeJob(self.spec, states, self._device_spec, None, stage, keep, deltas=deltas)
 
-    def _bundle(self, t: TensorPlan, inputs: _Inputs) -> LayerBundle:
-        dev, dt = self.device, self.compute_dtype
-        base = inputs.base.to(dev, dt)
-        tvs = []
-        owned = inputs.owned
-        while inputs.finetuned:  # drop each fine-tuned tensor once its task vector exists
-            ft = inputs.finetuned.pop(0)
-            if ft is None or isinstance(ft, LowRank):  # an adapter's task vector (docs/lora.md)
-                placed = None if ft is None else ft.map(lambda x: x.to(dev, dt))
-                tvs.append(_zero_task_vector(base) if placed is None else placed)
-                continue
-            work = ft.to(dev, dt)
-            if owned or work.data_ptr() != ft.data_ptr():
-                tvs.append(work.sub_(base))  # our own buffer: subtract in place
-            else:
-                tvs.append(work - base)  # a caller's tensor (in-memory API): never mutate it
-        covs = None
-        if inputs.covariances is not None:
-            covs = [None if c is None else c.to(dev, dt) for c in inputs.covariances]
-        return LayerBundle(
-            t.name,
-            base,
-            tvs,
-            self.spec.task_names,
-            covs,
-            seed=derive_seed(self.spec.seed, t.name),
-            input_axis=t.input_axis,
-            task_weights=self.spec.task_weights,
+    @property
+    def executor_name(self) -> str:
+        return self.executor.name if self.executor is not None else "local"
+
+    @property
+    def _runs_here(self) -> bool:
+        """True when the executor runs units in this process (sources used as they are)."""
+        return self.executor is None or bool(self.executor.in_process)
+
+    def _note(self, result: TensorResult | PrepassResult, prepass: bool) -> None:
+        w = self._workers.setdefault(
+            result.worker,
+            {
+                "device": result.device,
+                "tensors": 0,
+                "compute_s": 0.0,
+                "prepass_s": 0.0,
+                "peak_rss_bytes": 0,
+                "baseline_rss_bytes": result.worker_baseline_rss,
+            },
         )
+        if prepass:
+            w["prepass_s"] += result.seconds
+        else:
+            w["tensors"] += 1
+            w["compute_s"] += result.seconds
+        w["peak_rss_bytes"] = max(w["peak_rss_bytes"], result.worker_peak_rss)
 
-    def _stream(self, tensors: list[TensorPlan]) -> Iterator[tuple[TensorPlan, _Inputs]]:
-        """Read tensors in order with ``prefetch`` names read ahead on one thread."""
-        ahead = self.spec.prefetch
-        if ahead == 0:
-            for t in tensors:
-                yield t, self._read(t)
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pactframe-reader") as pool:
-            queue: deque[tuple[TensorPlan, Future[_Inputs]]] = deque()
-            it = iter(tensors)
-            try:
-                for t in it:
-                    queue.append((t, pool.submit(self._read, t)))
-                    if len(queue) > ahead:
-                        t0, fut = queue.popleft()
-                        yield t0, fut.result()
-                while queue:
-                    t0, fut = queue.popleft()
-                    yield t0, fut.result()
-            finally:
-                for _, fut in queue:
-                    fut.cancel()
+    def executor_report(self, runner: Any) -> dict[str, Any]:
+        """The report's ``executor`` section: which, its settings, per-worker timings."""
+        config = self.executor.to_config() if self.executor is not None else {"name": "local"}
+        return {
+            "name": self.executor_name,
+            "config": jsonable(config),
+            "parallelism": int(getattr(runner, "parallelism", 1)),
+            "workers": {
+                label: {
+                    **w,
+                    "compute_s": round(w["compute_s"], 4),
+                    "prepass_s": round(w["prepass_s"], 4),
+                }
+                for label, w in sorted(self._workers.items())
+            },
+        }
 
     # two-pass components -------------------------------------------------
-    def _prepass(self, plan: MergePlan) -> dict[tuple[int, int], Any]:
+    def _prepass(
+        self, plan: MergePlan, runner: Any, in_process: bool
+    ) -> dict[tuple[int, int], Any]:
         """States of two-pass components, keyed by (recipe index, position);
         position ``len(preprocessors)`` is the merger."""
         states: dict[tuple[int, int], Any] = {}
+        parts = max(1, int(getattr(runner, "parallelism", 1)))
         for r_index, recipe in enumerate(self.spec.recipes()):
             components: list[Any] = [*recipe.preprocessors, recipe.merger]
             for pos, comp in enumerate(components):
@@ -217,103 +234,61 @@ class MergePipeline:
                 mine = [
                     t for t in plan.tensors if t.handler == RECIPE and t.recipe_index == r_index
                 ]
-                states[(r_index, pos)] = comp.prepare(
-                    self._prepass_bundles(recipe, r_index, pos, mine, states)
-                )
+                job = self._job(dict(states), in_process, stage=(r_index, pos))
+                if splits_prepass(comp):
+                    # a few runs per worker balance the load; the split is exact, so the
+                    # number of runs does not change the state
+                    runs = contiguous_chunks(mine, 1 if parts == 1 else 2 * parts)
+                    units = [PrepassUnit(run, True) for run in runs]
+                    partials = self._partials(runner.map(job, units), len(units))
+                    states[(r_index, pos)] = comp.prepare_reduce(partials)
+                else:
+                    unit = PrepassUnit(tuple(mine), False)
+                    (state,) = list(self._partials(runner.map(job, [unit]), 1))
+                    states[(r_index, pos)] = state
         return states
 
-    def _prepass_bundles(
-        self, recipe: RecipeSpec, r_index: int, upto: int, tensors: list[TensorPlan], states: dict
-    ) -> Iterator[LayerBundle]:
-        for t, inputs in self._stream(tensors):
-            bundle = self._bundle(t, inputs)
-            if not t.decided and recipe.merger.supports(bundle) is not None:
-                continue
-            for pos in range(upto):
-                bundle = recipe.preprocessors[pos].preprocess(bundle, states.get((r_index, pos)))
-            yield bundle
+    def _partials(self, pairs: Any, count: int) -> Iterator[Any]:
+        for result in ordered(pairs, count):
+            self._note(result, prepass=True)
+            yield result.partial
+
+    def _units(self, plan: MergePlan) -> list[TensorUnit]:
+        return [TensorUnit(t, derive_seed(self.spec.seed, t.name)) for t in plan.tensors]
 
     # the main pass -------------------------------------------------------
     def results(self, progress: Progress | None = None) -> Iterator[TensorResult]:
-        """Merge every tensor in plan order, yielding CPU results one at a time."""
+        """Merge every tensor in plan order in this process, yielding CPU results one at a
+        time with their bundles and merged tensor kept (for diagnostics)."""
         plan = self.plan()
-        t0 = time.perf_counter()
-        states = self._prepass(plan)
-        self.timings["prepass_s"] = time.perf_counter() - t0
-        recipes = self.spec.recipes()
-        compute_s = 0.0
-        for t, inputs in self._stream(list(plan.tensors)):
-            start = time.perf_counter()
-            result = self._merge_one(t, inputs, recipes, states)
-            compute_s += time.perf_counter() - start
-            if progress is not None:
-                progress.update(t.name, t.read_bytes)
-            yield result
-        self.timings["compute_s"] = compute_s
+        with InProcessRunner() as runner:
+            t0 = time.perf_counter()
+            states = self._prepass(plan, runner, True)
+            self.timings["prepass_s"] = time.perf_counter() - t0
+            job = self._job(states, True, keep=True)
+            compute_s = 0.0
+            for _, result in runner.map(job, self._units(plan)):
+                compute_s += result.seconds
+                if progress is not None:
+                    progress.update(result.plan.name, result.plan.read_bytes)
+                yield result
+            self.timings["compute_s"] = compute_s
 
-    def _merge_one(
-        self, t: TensorPlan, inputs: _Inputs, recipes: list[RecipeSpec], states: dict
-    ) -> TensorResult:
-        start = time.perf_counter()
-        entry: dict[str, Any] = {
-            "name": t.name,
-            "shape": list(t.shape),
-            "dtype": str(t.dtype).replace("torch.", ""),
-            "handler": t.handler,
-            "route": t.route,
-        }
-        if t.handler == COPY:
-            entry["reason"] = t.reason
-            return TensorResult(t, inputs.base.to(t.out_dtype), None, entry)
-        bundle = self._bundle(t, inputs)
-        processed = bundle
-        handler, reason = t.handler, t.reason
-        recipe = recipes[t.recipe_index] if t.handler == RECIPE else None
-        if recipe is not None and not t.decided:
-            refusal = recipe.merger.supports(bundle)
-            if refusal is not None:
-                handler, reason = FALLBACK, f"{recipe.merger.name} does not take it: {refusal}"
-                recipe = None
-        if recipe is None:
-            merger, state = self.spec.fallback, None
-            if merger is None:
-                raise ConfigError(
-                    f"Tensor {t.name!r} needs the fallback merger ({reason}), "
-                    "but fallback is null. Set fallback: average."
-                )
-        else:
-            for pos, pre in enumerate(recipe.preprocessors):
-                processed = pre.preprocess(processed, states.get((t.recipe_index, pos)))
-            merger = recipe.merger
-            state = states.get((t.recipe_index, len(recipe.preprocessors)))
-        merged = merger.merge(processed, state)
-        if not isinstance(merged, MergedTensor) or tuple(merged.delta.shape) != t.shape:
-            got = tuple(merged.delta.shape) if isinstance(merged, MergedTensor) else type(merged)
-            raise InputError(
-                f"Tensor {t.name!r}: merger {merger.name!r} returned {got}; expected a "
-                f"MergedTensor with a delta of shape {t.shape}."
-            )
-        # base + delta in the compute dtype, rounded once into the output dtype: one
-        # kernel writes the output buffer (no compute-dtype temporary to cast afterwards)
-        out = torch.empty(t.shape, dtype=t.out_dtype, device=bundle.base.device)
-        torch.add(bundle.base, merged.delta.to(bundle.base.dtype), out=out)
-        out = out.to("cpu")
-        entry["handler"] = handler
-        entry["merger"] = merger.name
-        if reason:
-            entry["reason"] = reason
-        records = [*processed.records, *merged.records]
-        if records:
-            entry["records"] = [{"source": r.source, "data": _jsonable(r.data)} for r in records]
-        evals = {}
-        for ev in self.spec.evaluators:
-            evals[ev.name] = _jsonable(ev.evaluate_tensor(bundle, processed, merged))
-        if evals:
-            entry["evaluators"] = evals
-        if merged.is_task_conditioned:
-            entry["task_conditioned"] = True
-        entry["seconds"] = round(time.perf_counter() - start, 6)
-        return TensorResult(t, out, merged, entry, bundle, processed)
+    def stream(self, runner: Any, *, deltas: bool = False) -> Iterator[tuple[int, TensorResult]]:
+        """The prepass and main pass on ``runner`` (from :meth:`_start`): ``(plan index,
+        result)`` in the order results arrive; ``deltas`` returns each merged delta too."""
+        plan = self.plan()
+        self._workers = {}
+        t0 = time.perf_counter()
+        states = self._prepass(plan, runner, self._runs_here)
+        self.timings["prepass_s"] = time.perf_counter() - t0
+        job = self._job(states, self._runs_here, deltas=deltas)
+        compute_s = 0.0
+        for index, result in runner.map(job, self._units(plan)):
+            compute_s += result.seconds
+            self._note(result, prepass=False)
+            yield index, result
+        self.timings["compute_s"] = compute_s
 
     # sinks ----------------------------------------------------------------
     def run(
@@ -324,17 +299,34 @@ class MergePipeline:
         progress: bool | Progress = False,
         on_tensor: Callable[[TensorResult], None] | None = None,
     ) -> dict[str, Any]:
-        """Merge into the folder ``out`` atomically; return the merge report."""
+        """Merge into the folder ``out`` atomically; return the merge report.
+
+        The executor's settings are checked first, then every header: nothing is
+        read, started or written before both pass. Results are written as they
+        arrive, in any order; ``on_tensor`` sees each one.
+        """
         from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
 
         started = time.perf_counter()
+        problems = self.executor_problems()
+        if problems:
+            raise ConfigProblems(problems, "the executor settings")
+        inputs, protected = merge_inputs(self.spec)
+        check_output(out, inputs, protected=protected)  # never over an input, force or not
         plan = self.plan()  # every check happens before the output folder is touched
+        if not self._runs_here:
+            self._job({}, False)  # in-memory inputs cannot go to other processes
         self.timings["plan_s"] = time.perf_counter() - started
         layout = [(t.name, t.shape, t.out_dtype) for t in plan.tensors]
         bar = (
             progress
             if isinstance(progress, Progress)
-            else Progress(len(plan.tensors), plan.read_bytes, enabled=bool(progress))
+            else Progress(
+                len(plan.tensors),
+                plan.read_bytes,
+                label=self._progress_label(),
+                enabled=bool(progress),
+            )
         )
         if self.spec.output.format == "lora":  # a PEFT adapter instead of a model
             from pactframe.lora import write_merged_adapter
@@ -349,32 +341,40 @@ class MergePipeline:
                 report_file=REPORT_FILE,
                 model_card=model_card,
             )
-        entries: list[dict[str, Any]] = []
+        entries: list[dict[str, Any] | None] = [None] * len(plan.tensors)
+        self._workers = {}
         with CheckpointWriter(
             out,
             layout,
             shard_size=self.spec.output.shard_size,
             force=force,
             metadata={"pactframe_merger": self.spec.recipe.merger.name},
-        ) as w:
+        ) as w, self._start() as runner:
             modulators = ModulatorWriter(w.staging, self.spec.task_names)
             try:
-                for result in self.results(bar):
+                t0 = time.perf_counter()
+                states = self._prepass(plan, runner, self._runs_here)
+                self.timings["prepass_s"] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                job = self._job(states, self._runs_here)
+                compute_s = 0.0
+                for index, result in runner.map(job, self._units(plan)):
                     w.write(result.plan.name, result.tensor)
-                    m = result.merged
-                    if m is not None and m.is_task_conditioned:
-                        assert m.task_names and m.task_masks and m.task_scales
+                    m = result.modulator
+                    if m is not None:
                         modulators.add(
-                            result.plan.name,
-                            result.plan.shape,
-                            m.task_names,
-                            m.task_masks,
-                            m.task_scales,
+                            result.plan.name, result.plan.shape, m.task_names, m.masks, m.scales
                         )
-                    entries.append(result.report)
+                    entries[index] = result.report
+                    compute_s += result.seconds
+                    self._note(result, prepass=False)
+                    bar.update(result.plan.name, result.plan.read_bytes)
                     if on_tensor is not None:
                         on_tensor(result)
-                modulator_path = modulators.finish()
+                self.timings["compute_s"] = compute_s
+                self.timings["main_pass_s"] = time.perf_counter() - t0
+                # the modulators file lists tensors in plan order, whatever order they came in
+                modulator_path = modulators.finish(order=[t.name for t in plan.tensors])
             finally:
                 modulators.close()
             bar.close()
@@ -387,20 +387,28 @@ class MergePipeline:
             report = build_report(
                 self,
                 plan,
-                entries,
+                [e for e in entries if e is not None],
                 peak_rss=peak_rss_bytes(),
                 peak_device=peak_device_bytes(self.device),
                 modulators=modulator_path.name if modulator_path else None,
                 shards=w.shard_names,
             )
+            report["executor"] = self.executor_report(runner)
             w.add_file(REPORT_FILE, json.dumps(report, indent=2) + "\n")
             w.add_file("README.md", model_card(report))
             w.add_file(CONFIG_FILE, config_yaml(report))
             w.commit()
         return report
 
+    def _progress_label(self) -> str:
+        ex = self.executor
+        workers = getattr(ex, "workers", None)
+        if ex is None or ex.name == "local":
+            return "merging"
+        return f"merging ({ex.name} x{workers})" if workers else f"merging ({ex.name})"
+
     def merge_to_dict(self) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-        """Merge in memory: ``({name: CPU tensor}, per-tensor report entries)``."""
+        """Merge in memory, in this process: ``({name: CPU tensor}, per-tensor report entries)``."""
         state, entries = {}, []
         for result in self.results():
             state[result.plan.name] = result.tensor
@@ -408,36 +416,14 @@ class MergePipeline:
         return state, entries
 
 
-def _zero_task_vector(base: torch.Tensor) -> torch.Tensor | LowRank:
-    """A tensor an adapter leaves alone: rank-0 factors for a matrix (free for the
-    factored components; materialises to zeros), else zeros."""
-    if base.ndim == 2:
-        return LowRank(base.new_zeros((base.shape[0], 0)), base.new_zeros((0, base.shape[1])))
-    return torch.zeros_like(base)
+def _from_files(source: Any) -> bool:
+    """True for a tensor source that another process can open from the spec's files
+    (a checkpoint, or a LoRA adapter read on top of one)."""
+    if hasattr(source, "reader"):
+        return True
+    inner = getattr(source, "base", None)
+    return hasattr(source, "load_factors") and inner is not None and _from_files(inner)
 
 
-def _read_task(model: Any, name: str) -> torch.Tensor | LowRank | None:
-    """A fine-tuned tensor, or from a LoRA adapter source its factored task vector
-    (``LowRank``) or ``None`` where the adapter leaves the tensor as in the base."""
-    if hasattr(model, "load_factors"):
-        factors = model.load_factors(name)
-        if factors is not None:
-            return factors
-        if model.untouched(name):
-            return None
-    return model.load(name)
-
-
-def _jsonable(value: Any) -> Any:
-    """Tensors and numpy scalars -> lists/floats, so records serialise to JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.detach().cpu().tolist()
-    if hasattr(value, "item") and hasattr(value, "dtype"):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
+#: kept for callers of the former private helper
+_jsonable = jsonable

@@ -350,6 +350,14 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
             )
         else:
             tensors.append(probe)
+    if spec.fallback is None:  # `fallback: null`: a tensor that needs it is an error
+        orphans = [t for t in tensors if t.handler == FALLBACK]
+        if orphans:
+            problems.append(
+                f"fallback is null, but {len(orphans)} tensor(s) need the fallback merger: "
+                f"{_preview([t.name for t in orphans])} (first: {orphans[0].reason}). Set "
+                "fallback: average, or add a rule whose merger takes them."
+            )
     if problems:
         return None, problems
     plan = MergePlan(tuple(tensors), spec.task_names, compute, spec.prefetch, tuple(notes))

@@ -24,6 +24,8 @@ from pactframe.errors import (
     InvalidParameterError,
     PluginError,
     UnknownComponentError,
+    short_repr,
+    short_text,
 )
 from pactframe.hookspecs import HOOK_FOR_KIND
 
@@ -123,7 +125,7 @@ class Registry:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UnknownComponentError(
-                f"No {kind} named {name!r} is registered.{hint} Registered {kind}s: "
+                f"No {kind} named {short_repr(name)} is registered.{hint} Registered {kind}s: "
                 f"{', '.join(known) if known else '(none)'}. Run 'pactframe plugins' to list "
                 "every component, or install the plugin that provides it."
             )
@@ -152,7 +154,8 @@ class Registry:
             )
             raise InvalidParameterError(
                 f"{kind} {name!r} (from {entry.provider}) got unknown parameter(s) "
-                f"{', '.join(unknown)}.{hints} Its parameters are: "
+                f"{', '.join(short_text(u, 60) for u in unknown[:10])}"
+                f"{' ...' if len(unknown) > 10 else ''}.{hints} Its parameters are: "
                 f"{', '.join(known) or '(none)'}."
             )
         resolved = {}
@@ -163,10 +166,10 @@ class Registry:
             return cls(**resolved)
         except InvalidParameterError:
             raise
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, ArithmeticError) as exc:
             raise InvalidParameterError(
                 f"{kind} {name!r} (from {entry.provider}) rejected its parameters "
-                f"{resolved!r}: {exc}"
+                f"{short_repr(resolved, 300)}: {short_text(str(exc), 300)}"
             ) from exc
 
     def build(self, kind: str, spec: Any) -> Component:
@@ -180,12 +183,24 @@ class Registry:
         if isinstance(spec, Mapping):
             if "name" not in spec:
                 raise InvalidParameterError(
-                    f"A {kind} given as a mapping needs a 'name' key; got keys {sorted(spec)}."
+                    f"A {kind} given as a mapping needs a 'name' key; got keys "
+                    f"{short_repr(sorted(map(str, spec)), 300)}."
+                )
+            if not isinstance(spec["name"], str):
+                raise InvalidParameterError(
+                    f"A {kind}'s 'name' must be a string (a registered {kind} name); got "
+                    f"{short_repr(spec['name'])}."
+                )
+            odd = [k for k in spec if not isinstance(k, str)]
+            if odd:
+                raise InvalidParameterError(
+                    f"The {kind} {spec['name']!r}: parameter names must be strings; got "
+                    f"{short_repr(odd[0])}."
                 )
             params = {k: v for k, v in spec.items() if k != "name"}
             return self.create(kind, spec["name"], **params)
         raise InvalidParameterError(
-            f"A {kind} must be given as a name or a mapping with 'name'; got {spec!r}."
+            f"A {kind} must be given as a name or a mapping with 'name'; got {short_repr(spec)}."
         )
 
     def _table(self, kind: str) -> dict[str, RegistryEntry]:

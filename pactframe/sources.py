@@ -5,10 +5,25 @@ header, without reading data) and ``load(key)`` (one CPU tensor). A *covariance
 source* answers ``entries()`` (key -> shape, layout, token count) and
 ``load(key)``. :class:`Sources` groups the base, the T fine-tuned models and
 their optional covariances for one merge.
+
+This is the reading layer, so the value checks live here, applied to every tensor
+as it is read and before any math on it:
+
+- the ``nonfinite`` policy (a top-level config key; :data:`NONFINITE_POLICIES`):
+  a float weight holding NaN or infinite values raises :class:`NonFiniteError`
+  (``error``, the default), is let through with a :class:`NonFiniteWarning`
+  (``warn``) or silently (``ignore``); the message names the model, the file and
+  the tensor;
+- covariances must be finite, symmetric and positive semi-definite within a
+  tolerance (:func:`~pactframe.covariance_io.covariance_problem`), whatever the
+  ``nonfinite`` policy. :meth:`Sources.open` checks every stored covariance up
+  front (so ``pactframe validate`` reports them, naming file and tensor); a
+  covariance not checked there is checked when it is loaded.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,9 +31,65 @@ from typing import Any, Protocol
 import attrs
 import torch
 
-from pactframe.checkpoint import CODE_FROM_DTYPE, CheckpointReader, TensorInfo
-from pactframe.covariance_io import CovarianceEntry, load_covariance, read_covariance_header
-from pactframe.errors import CheckpointError, InputError
+from pactframe.checkpoint import CODE_FROM_DTYPE, CheckpointReader, TensorInfo, non_weight_files
+from pactframe.covariance_io import CovarianceEntry, CovarianceFile, covariance_problem
+from pactframe.errors import (
+    CheckpointError,
+    ConfigError,
+    InputError,
+    NonFiniteError,
+    NonFiniteWarning,
+)
+from pactframe.safetensors_header import shown
+
+#: values of the top-level ``nonfinite`` config key (the first is the default)
+NONFINITE_POLICIES = ("error", "warn", "ignore")
+
+
+def check_policy(policy: str) -> str:
+    if policy not in NONFINITE_POLICIES:
+        raise ConfigError(
+            f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)}; got {shown(policy)}."
+        )
+    return policy
+
+
+def nonfinite_problem(tensor: torch.Tensor) -> str | None:
+    """``"holds 2 NaN and 1 infinite value(s) (first at index [0, 3])"`` or ``None``."""
+    if not tensor.is_floating_point():
+        return None
+    finite = torch.isfinite(tensor)
+    if bool(finite.all()):
+        return None
+    nan = int(torch.isnan(tensor).sum())
+    inf = int((~finite).sum()) - nan
+    first = [int(i) for i in (~finite).nonzero()[0]] if tensor.ndim else []
+    return f"holds {nan} NaN and {inf} infinite value(s) (first at index {first})"
+
+
+def apply_nonfinite_policy(
+    tensor: torch.Tensor, policy: str, *, model: str, key: str, file: str | None
+) -> None:
+    """Check one tensor just read against the ``nonfinite`` policy (see module doc)."""
+    if policy == "ignore":
+        return
+    problem = nonfinite_problem(tensor)
+    if problem is None:
+        return
+    where = f" in {file!r}" if file else ""
+    text = f"{model}: tensor {shown(key)}{where} {problem}."
+    if policy == "warn":
+        warnings.warn(
+            f"{text} Merging it anyway (nonfinite: warn); the merged tensor may be NaN too.",
+            NonFiniteWarning,
+            stacklevel=3,
+        )
+        return
+    raise NonFiniteError(
+        f"{text} A merge would spread them into the output (or fail inside an SVD). Repair "
+        "or re-export the checkpoint; to merge anyway set `nonfinite: warn` (or `ignore`) "
+        "in the config."
+    )
 
 
 class TensorSource(Protocol):
@@ -45,9 +116,11 @@ class FileTensorSource:
     #: every load() returns a fresh buffer, which the pipeline may overwrite
     fresh = True
 
-    def __init__(self, path: Path, role: str) -> None:
+    def __init__(self, path: Path, role: str, *, nonfinite: str = "error") -> None:
         self.reader = CheckpointReader(path, role=role)
         self.label = str(path)
+        self.role = role
+        self.nonfinite = check_policy(nonfinite)
 
     def keys(self) -> list[str]:
         return self.reader.keys()
@@ -56,7 +129,15 @@ class FileTensorSource:
         return self.reader.info(key)
 
     def load(self, key: str) -> torch.Tensor:
-        return self.reader.load(key)
+        tensor = self.reader.load(key)
+        apply_nonfinite_policy(
+            tensor,
+            self.nonfinite,
+            model=self.role,
+            key=key,
+            file=str(self.reader.info(key).file),
+        )
+        return tensor
 
 
 class StateDictSource:
@@ -65,7 +146,14 @@ class StateDictSource:
     #: load() returns the caller's own tensors: never modified
     fresh = False
 
-    def __init__(self, state: Mapping[str, torch.Tensor] | torch.nn.Module, label: str) -> None:
+    def __init__(
+        self,
+        state: Mapping[str, torch.Tensor] | torch.nn.Module,
+        label: str,
+        *,
+        nonfinite: str = "error",
+    ) -> None:
+        self.nonfinite = check_policy(nonfinite)
         if isinstance(state, torch.nn.Module):
             state = state.state_dict()
         if not isinstance(state, Mapping):
@@ -98,25 +186,69 @@ class StateDictSource:
         )
 
     def load(self, key: str) -> torch.Tensor:
-        return self.state[key].detach().to("cpu")
+        tensor = self.state[key].detach().to("cpu")
+        apply_nonfinite_policy(tensor, self.nonfinite, model=self.label, key=key, file=None)
+        return tensor
 
 
-class FileCovarianceSource:
+class _CheckedCovariances:
+    """Value checks shared by the covariance sources: each key once, at :meth:`check_all`
+    or at its first :meth:`load`."""
+
+    label: str
+    #: how messages name this source ("covariance file '...'")
+    describe: str
+    _checked: set[str]
+
+    def _raw(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _problem(self, key: str, matrix: torch.Tensor) -> str | None:
+        problem = covariance_problem(matrix)
+        self._checked.add(key)
+        if problem is None:
+            return None
+        return (
+            f"{self.describe}: entry {shown(key)}: {problem}. Re-collect the "
+            "covariances (`pactframe collect-covariance`)."
+        )
+
+    def check_all(self) -> list[str]:
+        """Load and check every entry; one problem per bad entry (naming file and tensor)."""
+        problems = []
+        for key in self.entries():  # type: ignore[attr-defined]
+            problem = self._problem(key, self._raw(key))
+            if problem is not None:
+                problems.append(problem)
+        return problems
+
+    def load(self, key: str) -> torch.Tensor:
+        matrix = self._raw(key)
+        if key not in self._checked:
+            problem = self._problem(key, matrix)
+            if problem is not None:
+                raise CheckpointError(problem[0].upper() + problem[1:])
+        return matrix
+
+
+class FileCovarianceSource(_CheckedCovariances):
     """A version-1 covariance file (:mod:`pactframe.covariance_io`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.label = str(path)
-        self._entries = read_covariance_header(path)
+        self.describe = f"covariance file {str(path)!r}"
+        self._file = CovarianceFile(path)
+        self._checked = set()
 
     def entries(self) -> dict[str, CovarianceEntry]:
-        return self._entries
+        return self._file.entries
 
-    def load(self, key: str) -> torch.Tensor:
-        return load_covariance(self.path, key)
+    def _raw(self, key: str) -> torch.Tensor:
+        return self._file.load(key)
 
 
-class DictCovarianceSource:
+class DictCovarianceSource(_CheckedCovariances):
     """In-memory covariances ``{key: (d_in, d_in) tensor}``, all in the ``linear`` layout
     unless ``layouts`` says ``conv1d``."""
 
@@ -125,6 +257,8 @@ class DictCovarianceSource:
     ) -> None:
         self.covs = dict(covs)
         self.label = label
+        self.describe = label
+        self._checked = set()
         layouts = layouts or {}
         self._entries = {}
         for key, c in self.covs.items():
@@ -139,11 +273,11 @@ class DictCovarianceSource:
     def entries(self) -> dict[str, CovarianceEntry]:
         return self._entries
 
-    def load(self, key: str) -> torch.Tensor:
+    def _raw(self, key: str) -> torch.Tensor:
         return self.covs[key].detach().to("cpu")
 
 
-def _open_model(m: Any, base: Any) -> Any:
+def _open_model(m: Any, base: Any, nonfinite: str = "error") -> Any:
     """A fine-tuned checkpoint, or a LoRA adapter folder (``type: lora``, or ``auto`` and
     the folder has ``adapter_config.json``) read on top of ``base`` (docs/lora.md)."""
     from pactframe.lora import LoraAdapterSource, is_adapter_dir
@@ -153,8 +287,8 @@ def _open_model(m: Any, base: Any) -> Any:
     if kind == "lora" or (kind == "auto" and is_adapter_dir(m.path)):
         if base is None:
             raise CheckpointError(f"{role}: a LoRA adapter needs a readable base model.")
-        return LoraAdapterSource(m.path, base, role)
-    return FileTensorSource(m.path, role)
+        return LoraAdapterSource(m.path, base, role, nonfinite=nonfinite)
+    return FileTensorSource(m.path, role, nonfinite=nonfinite)
 
 
 @attrs.frozen(eq=False)
@@ -165,19 +299,46 @@ class Sources:
     models: tuple[Any, ...]
     covariances: tuple[Any | None, ...]
 
+    def with_nonfinite(self, policy: str) -> Sources:
+        """Apply the ``nonfinite`` policy to every tensor source (returns ``self``)."""
+        check_policy(policy)
+        for source in (self.base, *self.models):
+            if hasattr(source, "nonfinite"):
+                source.nonfinite = policy
+        return self
+
     @classmethod
-    def open(cls, base: Path, models: Sequence[Any]) -> tuple[Sources | None, list[str]]:
-        """Open every file named by a spec; ``(None, problems)`` if any cannot be read."""
+    def open(
+        cls,
+        base: Path,
+        models: Sequence[Any],
+        *,
+        nonfinite: str = "error",
+        copy_files: bool = True,
+        check_covariances: bool = True,
+    ) -> tuple[Sources | None, list[str]]:
+        """Open every file named by a spec; ``(None, problems)`` if any cannot be read.
+
+        ``nonfinite`` is the policy applied to every tensor loaded later;
+        ``copy_files`` (the config's ``output.copy_files``) also checks the base
+        folder's non-weight files (no symlink out of the folder); ``check_covariances``
+        loads and checks every stored covariance now (finite, symmetric, PSD).
+        """
         problems = []
         opened_base = None
         try:
-            opened_base = FileTensorSource(base, "base model")
+            opened_base = FileTensorSource(base, "base model", nonfinite=nonfinite)
         except CheckpointError as exc:
             problems.append(str(exc))
+        if copy_files and Path(base).is_dir():
+            try:
+                non_weight_files(Path(base))
+            except CheckpointError as exc:
+                problems.append(str(exc))
         opened, covs = [], []
         for m in models:
             try:
-                opened.append(_open_model(m, opened_base))
+                opened.append(_open_model(m, opened_base, nonfinite))
             except CheckpointError as exc:
                 problems.append(str(exc))
             cov = None
@@ -186,6 +347,12 @@ class Sources:
                     cov = FileCovarianceSource(m.covariance)
                 except CheckpointError as exc:
                     problems.append(f"model {m.name!r}: {exc}")
+                else:
+                    if check_covariances:
+                        try:
+                            problems += [f"model {m.name!r}: {p}" for p in cov.check_all()]
+                        except CheckpointError as exc:
+                            problems.append(f"model {m.name!r}: {exc}")
             covs.append(cov)
         if problems:
             return None, problems

@@ -14,7 +14,7 @@ import attrs
 import torch
 
 from pactframe.errors import InputError
-from pactframe.linalg import as_working
+from pactframe.linalg import as_working, numerical_rank, rank_rtol
 
 Tensor = torch.Tensor
 
@@ -167,6 +167,17 @@ class LowRank:
         Uc, S, Vch = torch.linalg.svd(Rb @ Ra.transpose(0, 1), full_matrices=False)
         f = Factorization(Qb @ Uc, S, Vch @ Qa.transpose(0, 1))
         return f if rank is None else f.truncate(rank)
+
+    def truncated_svd(self, rtol: float | None = None, scale: float | None = None) -> Factorization:
+        """Rank-revealing :meth:`svd`: only the singular values ``sigma > rtol * scale``,
+        with ``rtol`` defaulting to :func:`~pactframe.linalg.rank_rtol` of the DENSE
+        shape ``(m, n)`` and ``scale`` to ``sigma_max``, exactly the rule of
+        :func:`pactframe.linalg.truncated_svd` on ``B @ A``. So both give the same
+        numerical rank and the same kept triplets (up to the sign of each pair),
+        and the singular vectors of zero singular values (arbitrary) are never listed."""
+        f = self.svd()
+        tol = rank_rtol(self.shape, f.S.dtype) if rtol is None else rtol
+        return f.truncate(numerical_rank(f.S, tol, scale))
 
 
 @attrs.frozen

@@ -10,7 +10,7 @@ import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pactframe.errors import InvalidParameterError
+from pactframe.errors import InvalidParameterError, short_repr
 
 Validator = Callable[[Any, Any, Any], None]
 
@@ -18,7 +18,7 @@ Validator = Callable[[Any, Any, Any], None]
 def _fail(instance: Any, attribute: Any, expected: str, value: Any) -> None:
     raise InvalidParameterError(
         f"The {attribute.name!r} parameter of {type(instance).__name__} must be "
-        f"{expected}. Got {value!r} instead."
+        f"{expected}. Got {short_repr(value)} instead."
     )
 
 
@@ -72,7 +72,11 @@ def real(
             return
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             _fail(instance, attribute, expected, value)
-        if not math.isfinite(float(value)) or not _in_interval(float(value), low, high, closed):
+        try:
+            number = float(value)
+        except OverflowError:  # an int too large for a float
+            _fail(instance, attribute, expected, value)
+        if not math.isfinite(number) or not _in_interval(number, low, high, closed):
             _fail(instance, attribute, expected, value)
 
     return check

@@ -30,8 +30,9 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.checkpoint import TensorInfo
-from pactframe.errors import InputError
+from pactframe.checkpoint import TensorInfo, resolve_in_folder
+from pactframe.errors import CheckpointError, InputError
+from pactframe.safetensors_header import JsonProblem, open_regular, shown, strict_json
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -66,24 +67,89 @@ def vocab_tensors(base: Any, models: Sequence[Any]) -> dict[str, tuple[int, tupl
     return out
 
 
+_MAX_TOKENIZER_BYTES = 256 * 2**20
+
+
+def _read_tokenizer_json(folder: Path, name: str) -> Any:
+    """A tokenizer file of ``folder``, read as the checkpoint files are: inside the
+    folder (:func:`pactframe.checkpoint.resolve_in_folder`), a regular file, bounded
+    size, strict JSON; every problem a :class:`CheckpointError` naming the file."""
+    path = resolve_in_folder(folder, name, what=f"The tokenizer file of {str(folder)!r}")
+    with open_regular(path) as f:
+        try:
+            raw = f.read(_MAX_TOKENIZER_BYTES + 1)
+        except OSError as exc:
+            raise CheckpointError(
+                f"The tokenizer file {str(path)!r} cannot be read: {exc.strerror or exc}."
+            ) from exc
+    if len(raw) > _MAX_TOKENIZER_BYTES:
+        raise CheckpointError(
+            f"The tokenizer file {str(path)!r} is larger than {_MAX_TOKENIZER_BYTES} bytes; "
+            "vocab: union reads its added tokens and refuses files of that size."
+        )
+    try:
+        return strict_json(raw)
+    except JsonProblem as exc:
+        raise CheckpointError(
+            f"The tokenizer file {str(path)!r} {exc}. Replace it with the tokenizer saved by "
+            "the model's training run (vocab: union identifies added rows through it)."
+        ) from None
+
+
+def _token_map(path_label: str, pairs: Any) -> dict[int, str]:
+    """``{id: token}`` from ``(token, id)`` pairs, refusing ids that are not
+    non-negative ints and tokens that are not strings."""
+    out: dict[int, str] = {}
+    for token, idx in pairs:
+        if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0 or not isinstance(
+            token, str
+        ):
+            raise CheckpointError(
+                f"The tokenizer file {path_label} maps {shown(token)} to {shown(idx)}; a "
+                "vocabulary entry is a string token with a non-negative integer id. Replace "
+                "the file with the tokenizer saved by the model's training run."
+            )
+        out[idx] = token
+    return out
+
+
 def read_added_tokens(folder: Path) -> dict[int, str] | None:
     """``{id: token}`` of a model folder's tokenizer files (``tokenizer.json``, else
-    ``added_tokens.json``); ``None`` when the folder has neither."""
-    tj = folder / "tokenizer.json"
-    if tj.is_file():
-        data = json.loads(tj.read_text(encoding="utf-8"))
+    ``added_tokens.json``); ``None`` when the folder has neither. Malformed files,
+    and files that lead out of the folder, are :class:`CheckpointError`."""
+    if (folder / "tokenizer.json").exists() or (folder / "tokenizer.json").is_symlink():
+        label = repr(str(folder / "tokenizer.json"))
+        data = _read_tokenizer_json(folder, "tokenizer.json")
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"The tokenizer file {label} holds a {type(data).__name__}, not an object; "
+                "replace it with the tokenizer saved by the model's training run."
+            )
+        model = data.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
         tokens: dict[int, str] = {}
-        vocab = (data.get("model") or {}).get("vocab")
         if isinstance(vocab, Mapping):
-            tokens.update({int(i): str(t) for t, i in vocab.items()})
+            tokens.update(_token_map(label, vocab.items()))
         elif isinstance(vocab, list):  # unigram: [[piece, score], ...]
-            tokens.update({i: str(v[0]) for i, v in enumerate(vocab)})
-        for added in data.get("added_tokens") or []:
-            tokens[int(added["id"])] = str(added["content"])
+            pieces = [(v[0] if isinstance(v, list) and v else v, i) for i, v in enumerate(vocab)]
+            tokens.update(_token_map(label, pieces))
+        added = data.get("added_tokens") or []
+        if not isinstance(added, list) or not all(isinstance(a, dict) for a in added):
+            raise CheckpointError(
+                f"The tokenizer file {label}: 'added_tokens' must be a list of objects with "
+                f"'id' and 'content'; got {shown(added)}."
+            )
+        tokens.update(_token_map(label, ((a.get("content"), a.get("id")) for a in added)))
         return tokens
-    at = folder / "added_tokens.json"
-    if at.is_file():
-        return {int(i): str(t) for t, i in json.loads(at.read_text(encoding="utf-8")).items()}
+    if (folder / "added_tokens.json").exists() or (folder / "added_tokens.json").is_symlink():
+        label = repr(str(folder / "added_tokens.json"))
+        data = _read_tokenizer_json(folder, "added_tokens.json")
+        if not isinstance(data, dict):
+            raise CheckpointError(
+                f"The tokenizer file {label} holds a {type(data).__name__}, not an object of "
+                "token -> id; replace it with the tokenizer saved by the model's training run."
+            )
+        return _token_map(label, data.items())
     return None
 
 

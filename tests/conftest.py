@@ -27,3 +27,26 @@ def registry():
     from pactframe import build_registry
 
     return build_registry()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray (2 CPUs, 127.0.0.1, no dashboard) shared by the Ray tests and shut
+    down at the end of the session; the ``ray`` executor reuses this connection."""
+    import os
+    from pathlib import Path
+
+    ray = pytest.importorskip("ray", reason="the ray executor needs pip install 'pactframe[ray]'")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    root = str(Path(__file__).resolve().parents[1])  # test-only components import from tests/
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level="warning",
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": root}},
+        )
+    yield ray
+    ray.shutdown()

@@ -24,7 +24,6 @@ import argparse
 import importlib
 import importlib.util
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,9 +80,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pactframe.cli._output import prepare_output
     from pactframe.covariance import collect_covariances
 
     output = Path(args.output)
+    inputs = [
+        (label, Path(value))
+        for label, value in (
+            ("the --hf-model folder", args.hf_model),
+            ("the --text-file", args.text_file),
+            ("the --factory file", (args.factory or "").rpartition(":")[0]),
+        )
+        if value and Path(value).exists()
+    ]
+    prepare_output("collect-covariance", output, inputs)
     if output.exists() and not args.force:
         raise ConfigError(
             f"collect-covariance: the output file {str(output)!r} exists; pass --force to "
@@ -135,8 +145,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write_atomically(result: Any, output: Path, source: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".collect-", suffix=".safetensors", dir=output.parent)
-    os.close(fd)
+    from pactframe.output_safety import register_temporary, release_temporary, temporary_path
+
+    tmp = temporary_path(output, "tmp", ".safetensors")
+    register_temporary(tmp)
     try:
         result.save(tmp, source=source)
         os.replace(tmp, output)
@@ -144,6 +156,8 @@ def _write_atomically(result: Any, output: Path, source: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    finally:
+        release_temporary(tmp)
 
 
 def load_factory(spec: str) -> Any:

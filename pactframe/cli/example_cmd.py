@@ -14,8 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pactframe.cli._output import prepare_output
     from pactframe.example import write_example
 
+    prepare_output("example", args.dir)
     config = write_example(args.dir, force=args.force, seed=args.seed)
     print(
         f"wrote an example to {args.dir}; now run:\n  pactframe validate {config}\n"

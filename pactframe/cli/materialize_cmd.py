@@ -17,8 +17,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pactframe.cli._output import prepare_output
     from pactframe.modulators import materialize
 
+    inputs = [("the merged model", args.merged)]
+    if args.base:
+        inputs.append(("the base model", args.base))
+    prepare_output("materialize", args.dest, inputs)
     out = materialize(args.merged, args.task, args.dest, base=args.base, force=args.force)
     print(f"wrote task {args.task!r} to {out}")
     return 0

@@ -19,7 +19,16 @@ import attrs
 import numpy as np
 import torch
 
-from pactframe.contracts import CONTRACTS, Component, Decomposer, Evaluator, Merger, Preprocessor
+from pactframe.contracts import (
+    CONTRACTS,
+    Component,
+    Decomposer,
+    Evaluator,
+    Executor,
+    Merger,
+    Preprocessor,
+    splits_prepass,
+)
 from pactframe.errors import InputError
 from pactframe.registry import _NAME_RE  # one definition of a valid component name
 from pactframe.types import Factorization, LayerBundle, MergedTensor
@@ -88,7 +97,7 @@ def check_component(component: type[Component] | Component) -> None:
     contract = CONTRACTS.get(getattr(cls, "kind", ""), None)
     assert contract is not None and isinstance(inst, contract), (
         f"{cls.__name__}.kind is {getattr(cls, 'kind', None)!r}; it must subclass one of "
-        "Decomposer, Preprocessor, Merger, Evaluator."
+        "Decomposer, Preprocessor, Merger, Evaluator, Executor."
     )
     for check in COMMON_CHECKS + KIND_CHECKS[cls.kind]:
         check(inst)
@@ -311,6 +320,74 @@ def check_evaluator(inst: Evaluator) -> None:
         json.dumps(dict(data))
 
 
+# ---------------------------------------------------------------- split prepass
+def _outputs(inst: Preprocessor | Merger, bundle: LayerBundle, state: Any) -> list[torch.Tensor]:
+    if isinstance(inst, Merger):
+        if inst.supports(bundle) is not None:
+            return []
+        merged = inst.merge(bundle, state)
+        return [merged.delta, *(merged.task_masks or ())]
+    return list(inst.preprocess(bundle, state).task_vectors)
+
+
+def check_prepass_split(inst: Preprocessor | Merger) -> None:
+    """A split prepass is exact: ``prepare_reduce`` over ``prepare_map`` of every cut of the
+    bundles into contiguous runs gives the same outputs, bit for bit, as ``prepare``."""
+    if not inst.needs_prepass or not splits_prepass(inst):
+        return
+    second = [
+        attrs.evolve(b, name=b.name.replace("layers.0", "layers.1")) for b in sample_bundles(1)
+    ]
+    bundles = sample_bundles() + second
+    whole = inst.prepare(iter(bundles))
+    expected = [_outputs(inst, b, whole) for b in bundles]
+    n = len(bundles)
+    cuts = [[bundles], [[b] for b in bundles], [bundles[:1], bundles[1:]], [bundles[:3], []]]
+    cuts[-1].append(bundles[3:])
+    for runs in cuts:
+        state = inst.prepare_reduce([inst.prepare_map(iter(run)) for run in runs])
+        for b, want in zip(bundles, expected):
+            got = _outputs(inst, b, state)
+            assert len(got) == len(want) and all(torch.equal(x, y) for x, y in zip(got, want)), (
+                f"{type(inst).__name__}: the state from prepare_map/prepare_reduce over runs of "
+                f"{[len(r) for r in runs]} of {n} bundles gives another output for "
+                f"{b.name!r} than prepare() over all of them; the split must be exact."
+            )
+
+
+# ---------------------------------------------------------------- executors
+class _Square:
+    """A picklable task for the executor checks: ``unit -> unit * unit`` (ints)."""
+
+    def __call__(self, unit: int) -> int:
+        return unit * unit
+
+
+def check_executor(inst: Executor) -> None:
+    """``check()`` returns a list of strings; a runner from ``start()`` runs every unit
+    exactly once through ``map`` and yields each ``(index, task(unit))`` once."""
+    problems = inst.check()
+    assert isinstance(problems, list) and all(isinstance(p, str) for p in problems), (
+        f"{type(inst).__name__}.check() must return a list of strings; got {problems!r}."
+    )
+    assert not problems, f"{type(inst).__name__} is not usable here: {problems}"
+    units = [3, 1, 4, 1, 5, 9, 2]
+    with inst.start() as runner:
+        parallelism = getattr(runner, "parallelism", None)
+        assert isinstance(parallelism, int) and parallelism >= 1, (
+            f"{type(inst).__name__}'s runner needs an int 'parallelism' >= 1; got {parallelism!r}."
+        )
+        got = list(runner.map(_Square(), units))
+        again = list(runner.map(_Square(), units[:2]))
+    indices = sorted(i for i, _ in got)
+    assert indices == list(range(len(units))), (
+        f"{type(inst).__name__}: map() yielded indices {indices} for {len(units)} units."
+    )
+    for i, value in got:
+        assert value == units[i] * units[i], f"unit {i}: got {value!r}."
+    assert sorted(again) == [(0, 9), (1, 1)], "a runner must run a second map() (the next pass)."
+
+
 KIND_CHECKS: dict[str, list[Callable[[Any], None]]] = {
     "decomposer": [
         check_decomposer_output,
@@ -318,7 +395,8 @@ KIND_CHECKS: dict[str, list[Callable[[Any], None]]] = {
         check_decomposer_deterministic,
         check_decomposer_requires_covariance,
     ],
-    "preprocessor": [check_preprocessor_output],
-    "merger": [check_merger_supports_matrix, check_merger_output],
+    "preprocessor": [check_preprocessor_output, check_prepass_split],
+    "merger": [check_merger_supports_matrix, check_merger_output, check_prepass_split],
     "evaluator": [check_evaluator],
+    "executor": [check_executor],
 }

@@ -215,6 +215,17 @@ def test_spectral_merge_of_adapters_equals_merge_of_fine_tunes(
     _assert_same_merge(llama_dense, ["a0", "a1", "a2"], merger)
 
 
+@pytest.mark.parametrize("merger", SPECTRAL, ids=_id)
+def test_spectral_merge_of_rank_deficient_adapters_equals_merge_of_fine_tunes(
+    llama: dict, merger: Any
+) -> None:
+    """Adapters of rank 2..8 below TSV-M's budget (min(m, n) / 3 >= 10) and modules some
+    adapters leave untouched (zero task vectors; rank-deficient sums): with rank-revealing
+    backbones on both paths the factored merge equals the merge of the materialised
+    fine-tunes (1e-5, float32), docs/lora.md "Rank-deficient task vectors"."""
+    _assert_same_merge(llama["root"], sorted(LLAMA_ADAPTERS), merger)
+
+
 def test_adapters_and_full_fine_tunes_mix(llama: dict) -> None:
     """One adapter and two full checkpoints in one merge equal three full checkpoints."""
     root = llama["root"]
@@ -372,3 +383,121 @@ def test_slerp_and_dare_on_adapters_equal_them_on_fine_tunes(llama: dict) -> Non
     _assert_same_merge(
         root, sorted(LLAMA_ADAPTERS), "task_arithmetic", preprocessors=["dare"]
     )
+
+
+def _weights_digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.iterdir())
+        if p.suffix == ".safetensors" or p.name == "adapter_config.json"
+    }
+
+
+@pytest.mark.parametrize("fmt", ["model", "lora"])
+def test_adapters_under_the_processes_executor_write_the_local_bytes(
+    llama: dict, tmp_path: Path, fmt: str
+) -> None:
+    """Workers in other processes open the adapters themselves (models[].type / the
+    folder's adapter_config.json) and merge them factored; a full model and a merged
+    adapter (whose deltas the workers return) are byte-identical to the local run's."""
+    from pactframe.api import load_spec
+    from pactframe.registry import build_registry
+
+    root = llama["root"]
+    extra: dict[str, Any] = {"seed": 1}
+    if fmt == "lora":
+        extra["output"] = {"format": "lora", "rank": 3}
+    cfg = _config(
+        root, sorted(LLAMA_ADAPTERS), {"name": "pact_tsv_m", "core_rank": 2, "task_rank": 2},
+        **extra,
+    )
+    registry = build_registry()
+    outs = {}
+    for key, ex in (
+        ("local", {"name": "local", "threads": 1}),
+        ("processes", {"name": "processes", "workers": 2, "threads": 1}),
+    ):
+        spec = load_spec(cfg, registry=registry)
+        pipe = MergePipeline(spec, executor=registry.build("executor", ex))
+        outs[key] = tmp_path / key
+        report = pipe.run(outs[key])
+        assert report["executor"]["name"] == key
+    assert len(report["executor"]["workers"]) == 2  # the processes run's report
+    factored = [
+        e["name"]
+        for e in report["tensors"]
+        for r in e.get("records", [])
+        if r["source"] == "pact" and r["data"].get("factored")
+    ]
+    assert "model.layers.0.self_attn.q_proj.weight" in factored  # merged from the factors
+    digests = _weights_digest(outs["local"])
+    assert ("adapter_model.safetensors" in digests) == (fmt == "lora")
+    assert digests == _weights_digest(outs["processes"])
+
+
+def _nan_adapter(tmp_path: Path) -> Path:
+    a = torch.ones(2, 32)
+    a[1, 5] = float("nan")
+    return _write_adapter(
+        tmp_path / "nan",
+        {"peft_type": "LORA", "r": 2, "lora_alpha": 2, "target_modules": ["q_proj"]},
+        {
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": a,
+            "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(32, 2),
+        },
+    )
+
+
+def test_adapter_tensors_follow_the_nonfinite_policy(llama: dict, tmp_path: Path) -> None:
+    """A NaN in an adapter factor is a NonFiniteError naming the model, the tensor and
+    the adapter file (nonfinite: error); nonfinite: warn merges with a warning."""
+    from pactframe.errors import NonFiniteError, NonFiniteWarning
+
+    folder = _nan_adapter(tmp_path)
+    cfg = _config(llama["root"], ["plain"], "task_arithmetic")
+    cfg["models"].append({"name": "nan", "path": str(folder)})
+    with pytest.raises(NonFiniteError) as err:
+        MergePipeline.from_config(cfg).merge_to_dict()
+    text = str(err.value)
+    assert "model 'nan'" in text and "q_proj.weight (lora_A)" in text
+    assert "adapter_model.safetensors" in text
+    with pytest.warns(NonFiniteWarning, match="model 'nan'"):
+        state, _ = MergePipeline.from_config(dict(cfg, nonfinite="warn")).merge_to_dict()
+    assert bool(torch.isnan(state["model.layers.0.self_attn.q_proj.weight"]).any())
+
+
+@pytest.mark.parametrize(
+    ("raw", "needle"),
+    [
+        (b"[1, 2]", "holds a JSON list, not an object"),
+        (b'{"r": 4, "r": 8}', "cannot read adapter_config.json"),
+        (b"{\"r\": NaN}", "cannot read adapter_config.json"),
+    ],
+)
+def test_adapter_config_is_read_as_untrusted_json(
+    llama: dict, tmp_path: Path, raw: bytes, needle: str
+) -> None:
+    """adapter_config.json: strict JSON (no duplicate keys, no NaN), an object; each
+    problem a CheckpointError naming the adapter."""
+    folder = _write_adapter(tmp_path / "cfg", {})
+    (folder / "adapter_config.json").write_bytes(raw)
+    base = FileTensorSource(llama["root"] / "base", "base")
+    with pytest.raises(CheckpointError, match=needle) as err:
+        LoraAdapterSource(folder, base, "model 'cfg'")
+    assert "model 'cfg'" in str(err.value)
+
+
+def test_adapter_config_symlink_out_of_the_folder_is_refused(
+    llama: dict, tmp_path: Path
+) -> None:
+    """adapter_config.json and the weights must lie inside the adapter folder."""
+    folder = _write_adapter(tmp_path / "link", {"peft_type": "LORA", "r": 2})
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(json.dumps({"peft_type": "LORA", "r": 2}))
+    (folder / "adapter_config.json").unlink()
+    (folder / "adapter_config.json").symlink_to(outside)
+    base = FileTensorSource(llama["root"] / "base", "base")
+    with pytest.raises(CheckpointError, match="adapter_config.json"):
+        LoraAdapterSource(folder, base, "model 'link'")

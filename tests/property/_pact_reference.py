@@ -3,7 +3,7 @@
 The reference is written independently of ``pactframe``: NumPy's LAPACK SVD,
 explicit ``d x d`` projectors ``I - Q Q^T``, and SciPy-style rank-revealing
 ``orth`` with an absolute tolerance (the columns it sees have unit scale).
-It follows ALGORITHMS.md, Part 1 and Part 2 section 1.3::
+It follows the operator of docs/pact.md ("The operator")::
 
     V_0K = top-K right singular vectors of W_0
     V_tk = top-k right singular vectors of Delta_t

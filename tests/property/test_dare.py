@@ -1,4 +1,4 @@
-"""DARE (Yu et al., ICML 2024): ALGORITHMS.md section 12 invariants, statistics,
+"""DARE (Yu et al., ICML 2024): invariants (docs/invariants.md), statistics,
 order independence, a hand-worked example and the contract."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md section 12 invariants of EMR-Merging (Huang et al., NeurIPS 2024)."""
+"""Invariants (docs/invariants.md) of EMR-Merging (Huang et al., NeurIPS 2024)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md section 12 invariants of Iso-C and Iso-CTS (Marczak et al., ICML 2025)."""
+"""Invariants (docs/invariants.md) of Iso-C and Iso-CTS (Marczak et al., ICML 2025)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md section 12 invariants of Task Arithmetic and weight averaging."""
+"""Invariants (docs/invariants.md) of Task Arithmetic and weight averaging."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md section 12 invariants of TIES-Merging (Yadav et al., NeurIPS 2023)."""
+"""Invariants (docs/invariants.md) of TIES-Merging (Yadav et al., NeurIPS 2023)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ALGORITHMS.md section 12 invariants of TSV-M (Gargiulo et al., CVPR 2025)."""
+"""Invariants (docs/invariants.md) of TSV-M (Gargiulo et al., CVPR 2025)."""
 
 from __future__ import annotations
 

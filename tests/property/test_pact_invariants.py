@@ -1,4 +1,4 @@
-"""The algebraic invariants of the PACT filter (ALGORITHMS.md, Part 2, section 1.4).
+"""The algebraic invariants of the PACT filter (docs/pact.md, "The operator"; docs/invariants.md).
 
 One test per invariant, numbered as in that section; invariant 11 (intrusion
 energy) is in ``test_intrusion_energy.py``. Subspaces and projectors that a

@@ -1,4 +1,4 @@
-"""Composition of PACT with the four backbones (ALGORITHMS.md, Part 2, section 12:
+"""Composition of PACT with the four backbones (docs/invariants.md, PACT:
 PACT_X(T = 1) = X, and K = 0 gives X), and PACT-TA against the NumPy reference."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""PAVE purification invariants (ALGORITHMS.md section 12) against numpy references."""
+"""PAVE purification invariants (docs/invariants.md) against numpy references."""
 
 from __future__ import annotations
 

@@ -120,7 +120,7 @@ def test_total_kept_rank_is_monotone_in_rho(spectra, rho_a, rho_b):
     """rho_1 < rho_2 implies sum_i r_i(rho_1) <= sum_i r_i(rho_2), and each model's rank at
     rho_2 is at least the floor at rho_1.
 
-    ALGORITHMS.md states the stronger per-model r_i(rho_1) <= r_i(rho_2); Algorithm 1 does
+    Some notes state the stronger per-model r_i(rho_1) <= r_i(rho_2); Algorithm 1 does
     not have it (the floor rises with rho and can move a drop to another model; see
     test_per_model_ranks_are_not_monotone_in_rho_when_the_floor_rises)."""
     lo, hi = sorted((rho_a, rho_b))

@@ -1,8 +1,8 @@
 """``pactframe plugins``: every registered component by kind, with its provider,
 parameters and defaults (text and ``--json``); ``python -m pactframe`` works.
 
-Expected defaults are the documented ones (docs/decomposers.md, ALGORITHMS.md
-Part 1: oversampling p = 10, 2 power iterations, CorDA damping 0.01 relative,
+Expected defaults are the documented ones (docs/decomposers.md, docs/pact.md,
+docs/pave.md: oversampling p = 10, 2 power iterations, CorDA damping 0.01 relative,
 tolerance 0.05), not read back from the classes.
 """
 
@@ -35,7 +35,7 @@ def test_json_lists_each_decomposer_with_parameters_and_defaults(capsys):
     code, out, _ = run_cli(capsys, "plugins", "--json")
     assert code == 0
     data = json.loads(out)
-    assert sorted(data) == ["decomposer", "evaluator", "merger", "preprocessor"]
+    assert sorted(data) == ["decomposer", "evaluator", "executor", "merger", "preprocessor"]
     decomposers = {e["name"]: e for e in data["decomposer"]}
     for name, defaults in DOCUMENTED.items():
         entry = decomposers[name]

@@ -114,6 +114,72 @@ def test_factored_tsv_m_iso_c_iso_cts_pact_equal_their_dense_paths() -> None:
         assert intrusion_energy_low_rank(lr, tb) == pytest.approx(intrusion_energy(tv, tb))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_factored_paths_equal_dense_paths_below_the_budget(rank: int, dtype: torch.dtype) -> None:
+    """Rank-deficient task vectors (rank 0..2 < TSV-M's budget min(m, n) / 3 = 5; summed
+    rank <= 6 < 16): with rank-revealing backbones on both paths (the same numerical-rank
+    rule, docs/lora.md) the factored TSV-M, Iso-C, Iso-CTS and PACT + each merger give
+    the dense results, and keep the merged delta inside the tasks' spans."""
+    g = torch.Generator().manual_seed(40 + rank)
+    shape = (20, 16)
+    base = torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    lrs = [_low_rank(*shape, rank, 60 + t).map(lambda x: x.to(dtype)) for t in range(3)]
+    lrs[2] = LowRank(torch.zeros(20, 0, dtype=dtype), torch.zeros(0, 16, dtype=dtype))  # untouched
+    names = ["a", "b", "c"]
+    factored = LayerBundle("w", base, lrs, names, seed=3)
+    dense = LayerBundle("w", base, [lr.materialize() for lr in lrs], names, seed=3)
+    atol = 1e-9 if dtype == torch.float64 else 2e-4
+    scale = max(1.0, float(torch.linalg.matrix_norm(dense.task_vectors[0], ord=2)))
+    span_b = torch.cat([lr.B for lr in lrs], dim=1).double()
+    for merger in (TSVM(), IsoC(), IsoCTS()):
+        got, want = merger.merge(factored).delta, merger.merge(dense).delta
+        torch.testing.assert_close(got, want, atol=atol * scale, rtol=0)
+        if rank == 0:
+            assert not bool(torch.any(got != 0)) and not bool(torch.any(want != 0))
+        else:  # the column space of the merge lies in the span of the B's
+            q = torch.linalg.qr(span_b)[0]
+            outside = got.double() - q @ (q.T @ got.double())
+            assert float(outside.abs().max()) <= 10 * atol * scale
+    pact = PACTAligner(core_rank=3, task_rank=2)
+    pf, pd = pact.preprocess(factored), pact.preprocess(dense)
+    assert pf.is_factored
+    for a, b in zip(pf.task_vectors, pd.task_vectors):
+        torch.testing.assert_close(a, b, atol=atol * scale, rtol=0)
+    for merger in (TSVM(), IsoC(), IsoCTS()):
+        torch.testing.assert_close(
+            merger.merge(pf).delta, merger.merge(pd).delta, atol=atol * scale, rtol=0
+        )
+
+
+def test_factored_pact_gives_exact_zeros_when_the_protect_space_is_everything() -> None:
+    """PACT's exact zeros (docs/pact.md) on the factored path: d = 3, K = 3, k = 1, T = 3
+    (K + (T-1) k >= d), so every task's protect space is the whole space on the filtered
+    side and the filtered factors form exactly 0 on both sides, as the dense path gives;
+    so does every PACT preset's merge of them."""
+    from pactframe_plugins.mergers.pact_presets import PRESETS
+
+    base = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    names = ["a", "b", "c"]
+    for side, b0, lrs in (
+        ("right", base, [_low_rank(4, 3, 2, 70 + t) for t in range(3)]),
+        ("left", base.T.contiguous(), [_low_rank(3, 4, 2, 70 + t) for t in range(3)]),
+    ):
+        factored = LayerBundle("w", b0, lrs, names, seed=3)
+        dense = LayerBundle("w", b0, [lr.materialize() for lr in lrs], names, seed=3)
+        pact = PACTAligner(core_rank=3, task_rank=1, side=side)
+        pf, pd = pact.preprocess(factored), pact.preprocess(dense)
+        assert pf.is_factored
+        assert pf.records[-1].data[side]["protect_dims"] == {"a": 3, "b": 3, "c": 3}
+        assert pd.records[-1].data[side]["protect_dims"] == {"a": 3, "b": 3, "c": 3}
+        for a, b in zip(pf.task_vectors, pd.task_vectors):
+            assert not bool(a.any()) and not bool(b.any())
+        if side == "right":
+            for preset in PRESETS:
+                merged = preset(core_rank=3, task_rank=1).merge(factored).delta
+                assert not bool(merged.any()), preset.name
+
+
 def test_config_keys_for_adapters_are_validated(tmp_path) -> None:
     """models[].type, output.format and output.rank: bad values are config problems."""
     from pactframe.config import ConfigProblems, parse_config

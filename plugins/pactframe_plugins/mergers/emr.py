@@ -109,16 +109,20 @@ class EMR(Merger):
     def prepare(self, bundles: Iterable[LayerBundle]) -> EMRState:
         """Per task, accumulate ``sum_k mean|Delta_t[k]|`` and ``sum_k mean|tau_uni,k mask_t,k|``
         over every floating tensor (one streaming pass; 2T floats kept)."""
+        return self.prepare_reduce([self.prepare_map(bundles)])
+
+    def prepare_map(
+        self, bundles: Iterable[LayerBundle]
+    ) -> tuple[tuple[str, ...], list[tuple[list[float], list[float]]]]:
+        """Split prepass, map: each floating tensor's own terms (2T floats per tensor, in
+        order), so the float sums are formed once, in plan order, by :meth:`prepare_reduce`."""
         task_names: tuple[str, ...] = ()
-        numerators: list[float] = []
-        denominators: list[float] = []
+        terms: list[tuple[list[float], list[float]]] = []
         for bundle in bundles:
             if float_support_reason(bundle) is not None:
                 continue
             if not task_names:
                 task_names = bundle.task_names
-                numerators = [0.0] * len(task_names)
-                denominators = [0.0] * len(task_names)
             elif bundle.task_names != task_names:
                 raise InputError(
                     f"EMR prepass: tensor {bundle.name!r} has tasks {list(bundle.task_names)} "
@@ -126,8 +130,31 @@ class EMR(Merger):
                     "same tasks in the same order."
                 )
             nums, dens = rescaler_terms(stacked_task_vectors(bundle))
-            numerators = [a + b for a, b in zip(numerators, nums)]
-            denominators = [a + b for a, b in zip(denominators, dens)]
+            terms.append((list(nums), list(dens)))
+        return task_names, terms
+
+    def prepare_reduce(self, partials: Iterable[Any]) -> EMRState:
+        """Split prepass, reduce: the per-tensor terms summed in plan order (the same
+        additions, in the same order, as one streaming pass)."""
+        task_names: tuple[str, ...] = ()
+        numerators: list[float] = []
+        denominators: list[float] = []
+        for names, terms in partials:
+            if not terms:
+                continue
+            if not task_names:
+                task_names = names
+                numerators = [0.0] * len(task_names)
+                denominators = [0.0] * len(task_names)
+            elif names != task_names:
+                raise InputError(
+                    f"EMR prepass: a run of tensors has tasks {list(names)} but earlier tensors "
+                    f"had {list(task_names)}; every tensor must list the same tasks in the same "
+                    "order."
+                )
+            for nums, dens in terms:
+                numerators = [a + b for a, b in zip(numerators, nums)]
+                denominators = [a + b for a, b in zip(denominators, dens)]
         return EMRState(task_names, tuple(numerators), tuple(denominators))
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:

@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working
+from pactframe.linalg import truncated_svd
 from pactframe.types import LowRank
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
@@ -21,30 +21,38 @@ from pactframe_plugins.mergers._common import (
 from pactframe_plugins.mergers.average import WeightAveraging
 
 
-def flat_spectrum(matrix: torch.Tensor) -> torch.Tensor:
-    """``U (mean(S) I) Vh`` for ``matrix = U diag(S) Vh``: same singular vectors,
-    every singular value replaced by their mean, i.e. ``(||M||_* / r) polar(M)``.
+def flat_spectrum(matrix: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
+    """``U_r (mean(S_r) I) Vh_r`` for the rank-revealing SVD ``matrix = U_r diag(S_r) Vh_r``
+    (:func:`~pactframe.linalg.truncated_svd`): the same singular vectors, every
+    NON-ZERO singular value replaced by their mean, i.e. ``(||M||_* / rank(M))``
+    times the polar factor of ``M`` on its range. The null spaces stay null.
 
-    Shape ``(m, n)`` in and out, ``r = min(m, n)``; exact SVD in the working
-    dtype (float32 for half inputs), returned in ``matrix``'s dtype.
+    ``rank(M)`` is the numerical rank: singular values ``sigma <= sigma_max * rtol``
+    count as zero, ``rtol`` defaulting to ``max(m, n) * eps`` of the working dtype
+    (:func:`~pactframe.linalg.rank_rtol`). For a matrix of full rank ``min(m, n)``
+    this is exactly the authors' ``U (mean(S) I) Vh``. A zero matrix gives zero.
+    Shape ``(m, n)`` in and out; exact SVD in the working dtype (float32 for half
+    inputs), returned in ``matrix``'s dtype.
     """
-    U, S, Vh = torch.linalg.svd(as_working(matrix), full_matrices=False)
+    U, S, Vh = truncated_svd(matrix, rtol)
+    if S.numel() == 0:
+        return torch.zeros_like(matrix)
     return (S.mean() * (U @ Vh)).to(matrix.dtype)
 
 
 def flat_spectrum_low_rank(parts: list[LowRank], dtype: torch.dtype) -> torch.Tensor:
     """:func:`flat_spectrum` of ``M = sum_t B_t A_t`` from the factors: ``M`` is the
-    factored ``[B_1 ... B_T] [A_1; ...; A_T]``, whose exact SVD (QR + small SVD,
-    :meth:`LowRank.svd`) lists its ``rank(M) <= sum_t r_t`` nonzero values; the mean
-    is over all ``min(m, n)`` values (the missing ones are zero), and ``U Vh`` spans
-    the range of ``M`` only. Equal to the dense result when ``M`` has full rank;
-    otherwise the dense ``U Vh`` also holds arbitrary zero-value directions."""
+    factored ``[B_1 ... B_T] [A_1; ...; A_T]``, whose rank-revealing SVD (QR + small
+    SVD, :meth:`LowRank.truncated_svd`, the same rank rule as the dense path) lists
+    the ``rank(M) <= sum_t r_t`` non-zero values; the mean is over those, as in
+    :func:`flat_spectrum`, so the result equals the dense one whatever ``rank(M)``."""
     joint = LowRank(
         torch.cat([p.B for p in parts], dim=1), torch.cat([p.A for p in parts], dim=0)
     )
-    f = joint.svd()
-    mean = f.S.sum() / min(joint.shape)
-    return (mean * (f.U @ f.Vh)).to(dtype)
+    f = joint.truncated_svd()
+    if f.S.numel() == 0:
+        return torch.zeros(joint.shape, dtype=dtype, device=joint.device)
+    return (f.S.mean() * (f.U @ f.Vh)).to(dtype)
 
 
 @attrs.frozen
@@ -55,9 +63,21 @@ class IsoC(Merger):
     Task-Specific Subspaces", ICML 2025 (arXiv 2502.04959), Sec. 4, Iso-C: the spectrum of the
     summed task matrix ``M = sum_t Delta_t`` is flattened to its mean, so every
     direction of the common subspace gets the same weight. Equivalently
-    ``(||M||_* / r) U Vh`` with ``r = min(m, n)``: the nuclear norm of ``M`` is
-    preserved. Authors' code ``danielm1405/iso-merging`` ``src/utils/iso.py``
+    ``(||M||_* / r) U Vh`` with ``r = min(m, n)`` for a full-rank sum (``rank(M)``
+    in general, below): the nuclear norm of ``M`` is preserved. Authors' code
+    ``danielm1405/iso-merging`` ``src/utils/iso.py``
     (same in FusionBench ``isotropic_merging/iso_utils.py::iso_c``).
+
+    Rank-deficient sums: only the numerical range of ``M`` is flattened
+    (:func:`flat_spectrum`, tolerance ``sigma > sigma_max max(m, n) eps``), and the
+    mean is over the non-zero singular values, so the nuclear norm of ``M`` is
+    preserved and the merged delta's row and column spaces are those of ``M``.
+    The authors' code gives ``mean(S)`` also to the null directions, whose
+    singular vectors are arbitrary (LAPACK-dependent); after PACT with ``T >= 3``
+    tasks the sum is rank-deficient (its right null space is the protected
+    pre-trained core), and that fill put a large share of the merge into the
+    core and made the result change by O(1) under 1e-12 perturbations
+    (``docs/mergers/iso_c.md``). On full-rank sums nothing changes.
 
     Scaling convention: SUM (the SVD is of the sum of the task vectors);
     ``scaling`` is the paper's ``alpha`` (grid 0.1..3.0 on validation; FusionBench

@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working
+from pactframe.linalg import as_working, derived_rtol, numerical_rank, rank_rtol
 from pactframe.types import LowRank
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
@@ -17,7 +17,7 @@ from pactframe_plugins.mergers._common import (
     from_linear_layout,
     linear_layout,
     merge_with_fallback,
-    polar_factor,
+    polar_in_span,
     require_float,
 )
 from pactframe_plugins.mergers.average import WeightAveraging
@@ -62,9 +62,27 @@ class IsoCTS(Merger):
     ``f = 1`` (or ``T = 1``) gives Iso-C. Transposed layouts (``input_axis = 0``)
     are viewed as ``(d_out, d_in)``, so the common space is always the output side.
 
+    Rank-revealing (``docs/mergers/iso_cts.md``): every step acts inside the
+    numerical rank: the common space keeps at most ``rank(M)`` directions
+    (``sigma > sigma_max(M) max(m, n) eps``), task ``t`` only the residual
+    directions with ``sigma > sqrt(eps) ||Delta_t||_2`` (the residual is computed
+    with ``U_c`` from another SVD, whose error ``eps sigma_max(M) / gap`` can far
+    exceed ``max(m, n) eps``; :func:`pactframe.linalg.derived_rtol`), so a
+    residual that is rounding noise contributes nothing,
+    the mean runs over the kept singular values only, and both stacks are
+    orthogonalised on their span
+    (:func:`~pactframe_plugins.mergers._common.polar_in_span`). Null directions
+    of a rank-deficient sum (after PACT with ``T >= 3``) or residual are left
+    null instead of being filled with arbitrary LAPACK vectors at full weight.
+    On generic full-rank inputs the result is the authors' exactly; when a stack
+    is rank-deficient the output's non-zero singular values are
+    ``mean(sigma_hat)`` times cosines of the angles between the two stacks' slot
+    spaces (all equal to ``mean(sigma_hat)`` when only one side is deficient).
+
     ``scaling`` is the paper's ``alpha`` (default 1.0 as FusionBench). Tensors that
     are not matrices go to ``fallback`` (default: mean of the task vectors),
-    multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs.
+    multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs
+    and ``T`` spectral norms.
     """
 
     name: ClassVar[str] = "iso_cts"
@@ -88,45 +106,54 @@ class IsoCTS(Merger):
         axis = bundle.input_axis
         factored = bundle.factored_task_vectors
         T = bundle.num_tasks
+        lin: list[LowRank] = []
+        deltas: list[torch.Tensor] = []
         if all(f is not None for f in factored):  # LoRA task vectors: SVDs from the factors
-            lin = [f if axis == 1 else f.transpose() for f in factored if f is not None]
-            lin = [f.map(as_working) for f in lin]
-            rank = min(lin[0].shape)
-            common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
+            lin = [
+                (f if axis == 1 else f.transpose()).map(as_working)
+                for f in factored
+                if f is not None
+            ]
+            shape, dtype = lin[0].shape, lin[0].dtype
             joint = LowRank(
                 torch.cat([f.B for f in lin], dim=1), torch.cat([f.A for f in lin], dim=0)
             )
-            fs = joint.svd()
+            fs = joint.svd()  # lists rank(M) <= sum r_t values; the rest are zero
             U, S, Vh = fs.U, fs.S, fs.Vh
-            u_common = U[:, :common]
-            parts = []
-            for f in lin:
-                residual = LowRank(f.B - u_common @ (u_common.transpose(0, 1) @ f.B), f.A)
-                ft = residual.svd()
-                parts.append((ft.U, ft.S, ft.Vh))
         else:
             deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
-            rank = min(deltas[0].shape)
-            common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
-            U, S, Vh = torch.linalg.svd(torch.stack(deltas).sum(dim=0), full_matrices=False)
-            u_common = U[:, :common]
-            parts = []
-            for delta_t in deltas:
+            summed = torch.stack(deltas).sum(dim=0)
+            shape, dtype = summed.shape, summed.dtype
+            U, S, Vh = torch.linalg.svd(summed, full_matrices=False)
+        rank = min(shape)
+        common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
+        common = min(common, numerical_rank(S, rank_rtol(shape, dtype)))
+        residual_rtol = derived_rtol(shape, dtype)
+        u_common = U[:, :common]
+        us, ss, vhs = [], [], []
+        for t in range(T):
+            if lin:  # R_t = (B - U_c U_c^T B) A, still factored
+                f = lin[t]
+                r_t = LowRank(f.B - u_common @ (u_common.transpose(0, 1) @ f.B), f.A).svd()
+                u_t, s_t, vh_t = r_t.U, r_t.S, r_t.Vh
+                s_f = f.svd().S
+                scale = float(s_f[0]) if s_f.numel() else 0.0
+            else:
+                delta_t = deltas[t]
                 residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
-                parts.append(torch.linalg.svd(residual, full_matrices=False))
-        us = [u_t[:, :per_task] for u_t, _, _ in parts]
-        ss = [s_t[:per_task] for _, s_t, _ in parts]
-        vhs = [vh_t[:per_task] for _, _, vh_t in parts]
-        if sum(int(s.shape[0]) for s in ss) + int(S[:common].shape[0]) == 0:
-            return MergedTensor(
-                torch.zeros_like(bundle.base), records=(Record(self.name, {"rule": "iso_cts"}),)
-            )
-        u_perp = polar_factor(torch.cat([*us, u_common], dim=1))
-        vh_perp = polar_factor(torch.cat([*vhs, Vh[:common]], dim=0))
-        # the mean over the T * per_task + common slots; a factored task lists only its
-        # nonzero values, the missing ones are zero (as in the dense path)
-        mean_sigma = torch.cat([*ss, S[:common]]).sum() / (T * per_task + common)
-        merged = self.scaling * mean_sigma * (u_perp @ vh_perp)
+                u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
+                scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
+            keep = min(per_task, numerical_rank(s_t, residual_rtol, scale))
+            us.append(u_t[:, :keep])
+            ss.append(s_t[:keep])
+            vhs.append(vh_t[:keep])
+        sigma_hat = torch.cat([*ss, S[:common]])
+        if sigma_hat.numel() == 0:
+            merged = torch.zeros(shape, dtype=dtype, device=bundle.base.device)
+        else:
+            u_perp = polar_in_span(torch.cat([*us, u_common], dim=1))
+            vh_perp = polar_in_span(torch.cat([*vhs, Vh[:common]], dim=0))
+            merged = self.scaling * sigma_hat.mean() * (u_perp @ vh_perp)
         delta = from_linear_layout(merged, axis).to(bundle.base.dtype)
         sizes = {"rule": "iso_cts", "common_dims": common, "dims_per_task": per_task}
         return MergedTensor(delta, records=(Record(self.name, sizes),))

@@ -48,7 +48,9 @@ class PACTPreset(Merger):
     backbone: ClassVar[type[Merger]]
 
     def __attrs_post_init__(self) -> None:
-        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
+        # the concrete presets are attrs classes built by pact_preset() with PACT's fields
+        field = {f.name: f for f in attrs.fields(type(self))}["decomposer"]  # type: ignore[arg-type]
+        check_orthonormal_decomposer(self, field, getattr(self, "decomposer"))  # noqa: B009
 
     @property
     def aligner(self) -> PACTAligner:

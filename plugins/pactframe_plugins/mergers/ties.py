@@ -25,8 +25,11 @@ HISTOGRAM_BINS = 1 << (31 - _DROPPED_MANTISSA_BITS)
 
 
 def keep_count(keep_fraction: float, total: int) -> int:
-    """``ceil(keep_fraction * total)``, computed exactly on the decimal value given
-    (so ``0.7 * 10`` keeps 7, not 8 through binary rounding)."""
+    """``ceil(keep_fraction * total)``, computed exactly on the decimal value given.
+
+    Binary rounding would otherwise add one: ``0.07 * 100`` is
+    ``7.000000000000001`` in floating point, so ``math.ceil`` of the float product
+    keeps 8, while 7% of 100 entries is 7 (and so is this function's result)."""
     return math.ceil(Fraction(repr(float(keep_fraction))) * total)
 
 
@@ -218,6 +221,13 @@ class TIES(Merger):
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> GlobalTrimState | None:
         """One streaming pass: per-task magnitude histograms -> global thresholds."""
+        return self.prepare_reduce([self.prepare_map(bundles)])
+
+    def prepare_map(
+        self, bundles: Iterable[LayerBundle]
+    ) -> tuple[tuple[str, ...], list[torch.Tensor]] | None:
+        """Split prepass, map: the per-task magnitude histograms of a run of tensors
+        (``(task names, counts)``; ``((), [])`` for a run with no floating tensor)."""
         if self.trim_scope != "global":
             return None
         task_names: tuple[str, ...] | None = None
@@ -237,6 +247,31 @@ class TIES(Merger):
             for t, tv in enumerate(bundle.task_vectors):
                 entry_bins = magnitude_bins(tv).flatten().cpu()
                 counts[t].index_add_(0, entry_bins, torch.ones_like(entry_bins))
+        return (task_names or (), counts)
+
+    def prepare_reduce(self, partials: Iterable[Any]) -> GlobalTrimState | None:
+        """Split prepass, reduce: histograms added (integer counts: any cut gives the same
+        sums), then the thresholds."""
+        if self.trim_scope != "global":
+            for _ in partials:  # drain the executor's results
+                pass
+            return None
+        task_names: tuple[str, ...] | None = None
+        counts: list[torch.Tensor] = []
+        for names, part in partials:
+            if not names:
+                continue
+            if task_names is None:
+                task_names, counts = names, part
+            elif names != task_names:
+                raise InputError(
+                    f"TIES global trim: a run of tensors has tasks {list(names)} but earlier "
+                    f"tensors had {list(task_names)}; every tensor must list the same tasks "
+                    "in the same order."
+                )
+            else:
+                for acc, c in zip(counts, part):
+                    acc.add_(c)
         if task_names is None:
             return GlobalTrimState((), (), (), (), ())
         bins: list[int] = []

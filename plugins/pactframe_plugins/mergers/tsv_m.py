@@ -8,13 +8,13 @@ import attrs
 import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working
+from pactframe.linalg import truncated_svd
 from pactframe.validation import one_of, real
 from pactframe_plugins.mergers._common import (
     fallback_field,
     float_support_reason,
     merge_with_fallback,
-    polar_factor,
+    polar_in_span,
     require_float,
 )
 from pactframe_plugins.mergers.average import WeightAveraging
@@ -64,18 +64,32 @@ class TSVM(Merger):
     ``scaling`` is the paper's ``alpha`` (validation grid 0.1..3.0; FusionBench
     ``alpha`` default 1.0, ours too).
 
+    Rank-revealing (``docs/mergers/tsv_m.md``): step 1 keeps at most the
+    numerical rank of ``Delta_t`` (``sigma > sigma_max(Delta_t) max(m, n) eps``),
+    and step 3 is the polar factor on the numerical range of the stack
+    (:func:`~pactframe_plugins.mergers._common.polar_in_span`, the partial
+    isometry ``U_r Vh_r``; directions of the stack with singular value at most
+    ``sqrt(eps)`` are coincident bases, not new directions). The authors' code
+    lets the arbitrary (LAPACK-dependent) singular vectors of a task vector of
+    rank below its budget, and the arbitrary completion of a rank-deficient
+    stack (identical tasks, ``{D, -D}``, every task filtered off the same
+    pre-trained core by PACT), into the polar factors: such results change by
+    O(1) under 1e-12 perturbations and can write outside the tasks' spans
+    (``{D, -D}`` gave a non-zero merge). Here the merged delta's row and column
+    spaces lie in the span of the task vectors' ones, ``{D, -D}`` merges to 0
+    and ``{D, D}`` to ``D``'s top ``k`` triplets. On generic full-rank inputs
+    (stacks of full column rank) the result is the authors' exactly.
+
     Tensors that are not matrices go to ``fallback`` (default: mean of the task
-    vectors), multiplied by ``scaling``, as in the authors' code. A task vector
-    of rank below its budget makes its trailing singular vectors arbitrary
-    (LAPACK-dependent) and they do enter the polar factor, as in the original.
+    vectors), multiplied by ``scaling``, as in the authors' code.
     Cost: ``T + 2`` exact SVDs per matrix.
 
     Factored task vectors (LoRA adapters, ``bundle.factored_task_vectors``) are
-    decomposed from their factors (QR + ``r x r`` SVD, exact); such a task lists
-    at most ``r`` triplets, so a budget above its rank keeps only the defined ones
-    (where the dense path would add arbitrary zero-value directions, see
-    docs/lora.md). The polar factors are then of ``m x K`` and ``K x n`` with
-    ``K = sum_t min(k_t, r_t)``.
+    decomposed from their factors (QR + ``r x r`` SVD, exact,
+    :meth:`~pactframe.types.LowRank.truncated_svd` with the same rank rule), so
+    the result equals the dense one, also when a budget exceeds the adapter's
+    rank (docs/lora.md). The polar factors are then of ``m x K`` and ``K x n``
+    with ``K = sum_t min(k_t, rank(Delta_t))``.
     """
 
     name: ClassVar[str] = "tsv_m"
@@ -104,19 +118,21 @@ class TSVM(Merger):
         factored = bundle.factored_task_vectors
         for t, k in enumerate(ranks):
             low_rank = factored[t]
-            if low_rank is not None:  # a LoRA task vector: exact SVD from its factors
-                f = low_rank.svd()
+            if low_rank is not None:  # a LoRA task vector: the same SVD from its factors
+                f = low_rank.truncated_svd()
                 U, S, Vh = f.U, f.S, f.Vh
             else:
-                delta_t = bundle.task_vectors[t]
-                U, S, Vh = torch.linalg.svd(as_working(delta_t), full_matrices=False)
+                U, S, Vh = truncated_svd(bundle.task_vectors[t])  # k_t clipped to rank(Delta_t)
             us.append(U[:, :k])
             ss.append(S[:k])
             vhs.append(Vh[:k])
-        if sum(int(s.shape[0]) for s in ss) == 0:  # only rank-0 (untouched) factored tasks
+        kept = [int(s.numel()) for s in ss]
+        if sum(kept) < sum(ranks):
+            record = Record(self.name, {"rule": "tsv_m", "task_ranks": ranks, "kept_ranks": kept})
+        if sum(kept) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
-        u_perp = polar_factor(torch.cat(us, dim=1))
-        vh_perp = polar_factor(torch.cat(vhs, dim=0))
+        u_perp = polar_in_span(torch.cat(us, dim=1))
+        vh_perp = polar_in_span(torch.cat(vhs, dim=0))
         merged = (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp
         delta = (self.scaling * merged).to(bundle.base.dtype)
         return MergedTensor(delta, records=(record,))

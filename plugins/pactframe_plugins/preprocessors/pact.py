@@ -3,7 +3,7 @@
 Shi et al., "PACT: Preserving Anchored Cores in Task-vectors for Model
 Merging", arXiv 2606.18627; the operator as implemented in the authors' code
 (``full-finetune/src/utils/pact_utils.py``), with the three defects of that
-code fixed (see ``docs/pact.md`` and ALGORITHMS.md, Part 2, section 1).
+code fixed (see ``docs/pact.md``).
 
 The subspace helpers below (:func:`core_basis`, :func:`relied_subspace`,
 :func:`protect_bases`...) are shared with the ``intrusion_energy`` evaluator.
@@ -29,7 +29,7 @@ from pactframe import (
     param,
 )
 from pactframe.errors import InputError, InvalidParameterError
-from pactframe.linalg import as_working, orth
+from pactframe.linalg import as_working, numerical_rank, orth, rank_rtol, unit_scale_rtol
 from pactframe.seeding import generator
 from pactframe.types import Factorization, LowRank
 from pactframe.validation import integer, one_of, regex
@@ -75,11 +75,7 @@ def leading_basis(factorization: Factorization, side: str) -> torch.Tensor:
     Returns ``V_r`` ``(n, r)`` for ``side == "right"``, ``U_r`` ``(m, r)`` for ``"left"``.
     """
     s = factorization.S
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        keep = 0
-    else:
-        m, n = factorization.shape
-        keep = int((s > s[0] * max(m, n) * torch.finfo(s.dtype).eps).sum())
+    keep = numerical_rank(s, rank_rtol(factorization.shape, s.dtype))
     if side == "right":
         return factorization.right_basis(keep)
     return factorization.left_basis(keep)
@@ -104,13 +100,12 @@ def orth_unit_scale(matrix: torch.Tensor) -> torch.Tensor:
     d, c = matrix.shape
     if c == 0:
         return matrix.new_zeros((d, 0))
-    eps = torch.finfo(matrix.dtype).eps
-    floor = math.sqrt(eps)
     gram = matrix.transpose(0, 1) @ matrix
     sigma_max = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
-    if sigma_max <= floor:
+    rtol = unit_scale_rtol(sigma_max, matrix.shape, matrix.dtype)
+    if rtol >= 1.0:  # sigma_max itself is at or below the sqrt(eps) floor
         return matrix.new_zeros((d, 0))
-    return orth(matrix, rtol=max(floor / sigma_max, max(d, c) * eps))
+    return orth(matrix, rtol=rtol)
 
 
 def relied_subspace(
@@ -153,12 +148,20 @@ def protect_bases(relied: Sequence[torch.Tensor], *, basis: str = "svd") -> list
 
 
 def remove_right(delta: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``Delta - (Delta Q) Q^T``: remove the input-side (row-space) part in ``range(Q)``."""
+    """``Delta - (Delta Q) Q^T``: remove the input-side (row-space) part in ``range(Q)``.
+
+    When ``Q`` spans the whole input space the result is exactly 0 (not the
+    rounding residue of the subtraction, whose direction would be noise)."""
+    if q.shape[1] == delta.shape[1]:
+        return torch.zeros_like(delta)
     return delta - (delta @ q) @ q.transpose(0, 1)
 
 
 def remove_left(delta: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``Delta - Q (Q^T Delta)``: remove the output-side (column-space) part in ``range(Q)``."""
+    """``Delta - Q (Q^T Delta)``: remove the output-side (column-space) part in ``range(Q)``
+    (exactly 0 when ``Q`` spans the whole output space, as :func:`remove_right`)."""
+    if q.shape[1] == delta.shape[0]:
+        return torch.zeros_like(delta)
     return delta - q @ (q.transpose(0, 1) @ delta)
 
 
@@ -376,15 +379,9 @@ class PACTAligner(Preprocessor):
             relied = [relied_subspace(v0, f[side], basis=self.orth_method) for f in tasks]
             protect = protect_bases(relied, basis=self.orth_method)
             if side == "right":
-                filtered = [
-                    LowRank(d.B, d.A - (d.A @ q) @ q.transpose(0, 1))
-                    for d, q in zip(filtered, protect)
-                ]
+                filtered = [remove_right_low_rank(d, q) for d, q in zip(filtered, protect)]
             else:
-                filtered = [
-                    LowRank(d.B - q @ (q.transpose(0, 1) @ d.B), d.A)
-                    for d, q in zip(filtered, protect)
-                ]
+                filtered = [remove_left_low_rank(d, q) for d, q in zip(filtered, protect)]
             data[side] = {
                 "core_dim": int(v0.shape[1]),
                 "relied_dims": {n: int(r.shape[1]) for n, r in zip(names, relied)},
@@ -404,6 +401,22 @@ class PACTAligner(Preprocessor):
             for f in filtered
         ]
         return bundle.with_task_vectors(out, record=Record(self.name, data))
+
+
+def remove_right_low_rank(delta: LowRank, q: torch.Tensor) -> LowRank:
+    """:func:`remove_right` of a factored ``Delta = B A``: ``B (A - (A Q) Q^T)``, the same
+    rank; exactly 0 (a zero ``A``) when ``Q`` spans the whole input space."""
+    if q.shape[1] == delta.shape[1]:
+        return LowRank(delta.B, torch.zeros_like(delta.A))
+    return LowRank(delta.B, delta.A - (delta.A @ q) @ q.transpose(0, 1))
+
+
+def remove_left_low_rank(delta: LowRank, q: torch.Tensor) -> LowRank:
+    """:func:`remove_left` of a factored ``Delta = B A``: ``(B - Q (Q^T B)) A``; exactly 0
+    (a zero ``B``) when ``Q`` spans the whole output space."""
+    if q.shape[1] == delta.shape[0]:
+        return LowRank(torch.zeros_like(delta.B), delta.A)
+    return LowRank(delta.B - q @ (q.transpose(0, 1) @ delta.B), delta.A)
 
 
 def _removed_fraction(before: torch.Tensor, after: torch.Tensor) -> float:

@@ -159,6 +159,13 @@ class PAVEPurifier(Preprocessor):
     # ---------------------------------------------------------------- two-pass API
     def prepare(self, bundles: Iterable[LayerBundle]) -> RankAllocation | None:
         """Algorithm 1 over every purifiable tensor: per-layer ranks and per-task ratios."""
+        return self.prepare_reduce([self.prepare_map(bundles)])
+
+    def prepare_map(
+        self, bundles: Iterable[LayerBundle]
+    ) -> tuple[dict[str, int], dict[str, dict[str, int]]] | None:
+        """Split prepass, map: the per-layer ranks of a run of tensors (``R^l`` and
+        ``r_i^l`` per layer; Algorithm 1 allocates each layer on its own)."""
         if self.allocation != "spectral":
             return None
         full_ranks: dict[str, int] = {}
@@ -171,6 +178,20 @@ class PAVEPurifier(Preprocessor):
             layer = allocate_layer([f.S for f in facts.values()], self.rho)
             full_ranks[bundle.name] = facts[next(iter(facts))].rank
             ranks[bundle.name] = dict(zip(tasks, layer))
+        return full_ranks, ranks
+
+    def prepare_reduce(self, partials: Iterable[Any]) -> RankAllocation | None:
+        """Split prepass, reduce: the layers of every run, in plan order (integers only,
+        so any cut gives the same allocation)."""
+        if self.allocation != "spectral":
+            for _ in partials:  # drain the executor's results
+                pass
+            return None
+        full_ranks: dict[str, int] = {}
+        ranks: dict[str, dict[str, int]] = {}
+        for part in partials:
+            full_ranks.update(part[0])
+            ranks.update(part[1])
         return RankAllocation(float(self.rho), full_ranks, ranks)
 
     def preprocess(self, bundle: LayerBundle, state: Any = None) -> LayerBundle:

@@ -89,6 +89,9 @@ class IsoC(Merger):
     multiplied by ``scaling``, as the authors do (``theta_0 + alpha * mean``).
     Name-based exclusions (``text_projection``, embeddings) are the pipeline's rules.
     Iso-C is not the identity for ``T = 1`` unless the spectrum is already flat.
+
+    When every task vector is factored (LoRA adapters, docs/lora.md) the sum stays
+    factored (:func:`flat_spectrum_low_rank`) and the result equals the dense one.
     """
 
     name: ClassVar[str] = "iso_c"

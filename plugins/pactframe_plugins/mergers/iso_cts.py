@@ -83,6 +83,10 @@ class IsoCTS(Merger):
     are not matrices go to ``fallback`` (default: mean of the task vectors),
     multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs
     and ``T`` spectral norms.
+
+    When every task vector is factored (LoRA adapters, docs/lora.md) the sum and
+    the residuals ``(B_t - U_c U_c^T B_t) A_t`` stay factored (QR + small SVDs) and
+    the same rank rules apply, so the result equals the dense one.
     """
 
     name: ClassVar[str] = "iso_cts"

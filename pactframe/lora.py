@@ -45,8 +45,8 @@ from pactframe.checkpoint import (
     resolve_in_folder,
 )
 from pactframe.errors import CheckpointError, InputError
+from pactframe.nonfinite import apply_nonfinite_policy, check_policy
 from pactframe.safetensors_header import JsonProblem, open_regular, strict_json
-from pactframe.sources import apply_nonfinite_policy, check_policy
 from pactframe.types import LowRank
 
 CONFIG_NAME = "adapter_config.json"
@@ -145,7 +145,7 @@ class LoraAdapterSource:
         self.label = str(self.path)
         self.role = role
         self.base = base
-        #: the ``nonfinite`` policy (pactframe.sources), applied to the adapter's own
+        #: the ``nonfinite`` policy (pactframe.nonfinite), applied to the adapter's own
         #: tensors when a task vector is formed (the base's source applies its own)
         self.nonfinite = check_policy(nonfinite)
         where = f"{role} ({self.path})"

@@ -17,7 +17,9 @@ The pipeline holds no algorithm. It
    output dtype on the CPU) and returns the result;
 4. writes each result the moment it arrives, in any order, at its planned
    offset in the atomic :class:`~pactframe.checkpoint.CheckpointWriter`
-   (task modulators and the report in plan order), or collects a dict.
+   (task modulators and the report in plan order), or collects a dict; with
+   ``output.format: lora`` the workers also return each merged delta and
+   :func:`pactframe.lora.write_merged_adapter` writes a PEFT adapter instead.
 
 Tensor seeds are ``derive_seed(run_seed, name)`` and a prepass split must be
 exact, so the bytes written do not depend on the executor, the number of

@@ -19,7 +19,7 @@ from pactframe.contracts import (
 from pactframe.errors import PactframeError
 from pactframe.hookspecs import hookimpl
 from pactframe.registry import Registry, build_registry
-from pactframe.types import Factorization, LayerBundle, MergedTensor, Record
+from pactframe.types import Factorization, LayerBundle, LowRank, MergedTensor, Record
 
 __version__ = "0.1.0"
 
@@ -30,6 +30,7 @@ __all__ = [
     "Executor",
     "Factorization",
     "LayerBundle",
+    "LowRank",
     "Merger",
     "MergedTensor",
     "PactframeError",

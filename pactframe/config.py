@@ -68,11 +68,13 @@ TOP_KEYS = (
     "nonfinite",
     "executor",
 )
-MODEL_KEYS = ("name", "path", "covariance", "weight")
+MODEL_KEYS = ("name", "path", "covariance", "weight", "type")
+MODEL_TYPES = ("auto", "full", "lora")
 VOCAB_MODES = ("base", "union")
 INPUT_DTYPE_MODES = ("same", "cast")
 RULE_KEYS = ("match", "merger", "preprocessors", "exclude")
-OUTPUT_KEYS = ("dtype", "shard_size", "copy_files")
+OUTPUT_KEYS = ("dtype", "shard_size", "copy_files", "format", "rank")
+OUTPUT_FORMATS = ("model", "lora")
 DEFAULT_FALLBACK = "average"
 
 # mergekit spellings -> ours, so a mergekit user is told where things moved
@@ -93,12 +95,15 @@ MERGEKIT_HINTS = {
 @attrs.frozen
 class ModelSpec:
     """One fine-tuned model: its task name, checkpoint path, optional covariance file
-    and optional weight (for mergers whose method defines per-model weights)."""
+    and optional weight (for mergers whose method defines per-model weights).
+    ``type``: ``auto`` (a folder with ``adapter_config.json`` is a LoRA adapter),
+    ``full`` or ``lora`` (see docs/lora.md)."""
 
     name: str
     path: Path
     covariance: Path | None = None
     weight: float | None = None
+    type: str = "auto"
 
 
 @attrs.frozen
@@ -132,11 +137,15 @@ class RuleSpec:
 @attrs.frozen
 class OutputSpec:
     """``dtype``: ``base`` (each tensor keeps the base model's dtype) or a float dtype;
-    ``shard_size`` in bytes; ``copy_files``: copy the base folder's non-weight files."""
+    ``shard_size`` in bytes; ``copy_files``: copy the base folder's non-weight files;
+    ``format``: ``model`` (a full checkpoint) or ``lora`` (a PEFT adapter of rank
+    ``rank``, see docs/lora.md)."""
 
     dtype: str = "base"
     shard_size: int = 2 * 10**9
     copy_files: bool = True
+    format: str = "model"
+    rank: int | None = None
 
 
 @attrs.frozen
@@ -198,6 +207,7 @@ class MergeSpec:
                     "path": str(m.path),
                     **({"covariance": str(m.covariance)} if m.covariance else {}),
                     **({"weight": m.weight} if m.weight is not None else {}),
+                    **({"type": m.type} if m.type != "auto" else {}),
                 }
                 for m in self.models
             ],
@@ -720,13 +730,19 @@ class _Parser:
             ):
                 self.problem(f"{where} ({name}).weight: must be a finite number; got {weight!r}.")
                 continue
+            kind = entry.get("type", "auto")
+            if kind not in MODEL_TYPES:
+                self.problem(
+                    f"{where} ({name}).type: must be one of {', '.join(MODEL_TYPES)}; got {kind!r}."
+                )
+                continue
             path = self.path(f"{where} ({name}).path", entry["path"])
             cov = None
             if entry.get("covariance") is not None:
                 cov = self.path(f"{where} ({name}).covariance", entry["covariance"])
             if path is not None:
                 out.append(
-                    ModelSpec(name, path, cov, None if weight is None else float(weight))
+                    ModelSpec(name, path, cov, None if weight is None else float(weight), kind)
                 )
         names = [m.name for m in out]
         dupes = sorted({n for n in names if names.count(n) > 1})
@@ -839,4 +855,17 @@ class _Parser:
         if not isinstance(copy_files, bool):
             self.problem(f"output.copy_files: must be true or false; got {short_repr(copy_files)}.")
             copy_files = True
-        return OutputSpec(dtype, shard_size, copy_files)
+        fmt = value.get("format", "model")
+        rank = value.get("rank")
+        if fmt not in OUTPUT_FORMATS:
+            self.problem(f"output.format: must be 'model' or 'lora'; got {fmt!r}.")
+            fmt = "model"
+        if fmt == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            self.problem(
+                f"output.rank: output.format: lora needs a positive integer rank; got {rank!r}."
+            )
+            rank = 1
+        elif fmt != "lora" and rank is not None:
+            self.problem("output.rank: only used with output.format: lora; remove it.")
+            rank = None
+        return OutputSpec(dtype, shard_size, copy_files, fmt, rank)

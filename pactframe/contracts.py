@@ -8,6 +8,14 @@ Components are pure: they never read files, never move tensors between
 devices, and return new tensors rather than mutating their inputs. One instance
 is therefore safe across tensors, threads, devices and worker processes.
 
+Factored task vectors: a LoRA adapter's task vector is held as factors
+(:class:`~pactframe.types.LowRank`, ``Delta = B @ A``). ``bundle.task_vectors``
+is always dense (a factored entry is materialised on first access, on its
+device), so a component that knows nothing of factors works unchanged; one
+that can use them reads ``bundle.factored_task_vectors`` (``LowRank`` or
+``None`` per task) and decomposes with :meth:`Decomposer.decompose_low_rank`.
+See docs/plugin-guide.md, "Factored task vectors", and docs/lora.md.
+
 Two-pass components: a preprocessor or merger that needs statistics over the
 whole model before it can treat one tensor (PAVE's per-model rank allocation,
 TIES with a global trim) sets ``needs_prepass = True``. The pipeline then first
@@ -39,7 +47,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe.types import Factorization, LayerBundle, MergedTensor
+from pactframe.types import Factorization, LayerBundle, LowRank, MergedTensor
 
 KINDS: tuple[str, ...] = ("decomposer", "preprocessor", "merger", "evaluator", "executor")
 
@@ -171,6 +179,26 @@ class Decomposer(Component):
         Half-precision input is computed in float32; the factors come back in
         the compute dtype (float32 or float64), on ``matrix``'s device.
         """
+
+    def decompose_low_rank(
+        self,
+        low_rank: LowRank,
+        rank: int | None = None,
+        *,
+        covariance: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Factorization:
+        """Factorize a factored matrix ``B @ A`` (a LoRA task vector, see docs/lora.md).
+
+        Same contract as :meth:`decompose`. This default materialises ``B @ A``
+        on the factors' device and calls :meth:`decompose`, so every decomposer
+        accepts factored input; ``exact_svd`` and ``randomized_svd`` override it
+        with the exact factored SVD (:meth:`LowRank.svd`: QR of both factors and
+        an ``r x r`` SVD), which lists at most ``r`` components.
+        """
+        return self.decompose(
+            low_rank.materialize(), rank, covariance=covariance, generator=generator
+        )
 
 
 class Preprocessor(_TwoPass, Component):

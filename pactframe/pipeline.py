@@ -17,7 +17,9 @@ The pipeline holds no algorithm. It
    output dtype on the CPU) and returns the result;
 4. writes each result the moment it arrives, in any order, at its planned
    offset in the atomic :class:`~pactframe.checkpoint.CheckpointWriter`
-   (task modulators and the report in plan order), or collects a dict.
+   (task modulators and the report in plan order), or collects a dict; with
+   ``output.format: lora`` the workers also return each merged delta and
+   :func:`pactframe.lora.write_merged_adapter` writes a PEFT adapter instead.
 
 Tensor seeds are ``derive_seed(run_seed, name)`` and a prepass split must be
 exact, so the bytes written do not depend on the executor, the number of
@@ -155,12 +157,15 @@ class MergePipeline:
         in_process: bool,
         stage: tuple[int, int] | None = None,
         keep: bool = False,
+        deltas: bool = False,
     ) -> MergeJob:
         if in_process:
-            return MergeJob(self.spec, states, str(self.device), self.sources, stage, keep)
+            return MergeJob(
+                self.spec, states, str(self.device), self.sources, stage, keep, deltas=deltas
+            )
         src = self._sources
         if src is not None and not (
-            all(hasattr(s, "reader") for s in (src.base, *src.models))
+            all(_from_files(s) for s in (src.base, *src.models))
             and all(c is None or hasattr(c, "path") for c in src.covariances)
         ):
             raise ConfigError(
@@ -168,7 +173,7 @@ class MergePipeline:
                 "the checkpoints from files; this merge was given in-memory tensors. Use the "
                 "'local' executor, or save the checkpoints as safetensors files."
             )
-        return MergeJob(self.spec, states, self._device_spec, None, stage, keep)
+        return MergeJob(self.spec, states, self._device_spec, None, stage, keep, deltas=deltas)
 
     @property
     def executor_name(self) -> str:
@@ -271,6 +276,22 @@ class MergePipeline:
                 yield result
             self.timings["compute_s"] = compute_s
 
+    def stream(self, runner: Any, *, deltas: bool = False) -> Iterator[tuple[int, TensorResult]]:
+        """The prepass and main pass on ``runner`` (from :meth:`_start`): ``(plan index,
+        result)`` in the order results arrive; ``deltas`` returns each merged delta too."""
+        plan = self.plan()
+        self._workers = {}
+        t0 = time.perf_counter()
+        states = self._prepass(plan, runner, self._runs_here)
+        self.timings["prepass_s"] = time.perf_counter() - t0
+        job = self._job(states, self._runs_here, deltas=deltas)
+        compute_s = 0.0
+        for index, result in runner.map(job, self._units(plan)):
+            compute_s += result.seconds
+            self._note(result, prepass=False)
+            yield index, result
+        self.timings["compute_s"] = compute_s
+
     # sinks ----------------------------------------------------------------
     def run(
         self,
@@ -309,6 +330,19 @@ class MergePipeline:
                 enabled=bool(progress),
             )
         )
+        if self.spec.output.format == "lora":  # a PEFT adapter instead of a model
+            from pactframe.lora import write_merged_adapter
+
+            return write_merged_adapter(
+                self,
+                out,
+                force=force,
+                progress=bar,
+                on_tensor=on_tensor,
+                build_report=build_report,
+                report_file=REPORT_FILE,
+                model_card=model_card,
+            )
         entries: list[dict[str, Any] | None] = [None] * len(plan.tensors)
         self._workers = {}
         with CheckpointWriter(
@@ -382,6 +416,15 @@ class MergePipeline:
             state[result.plan.name] = result.tensor
             entries.append(result.report)
         return state, entries
+
+
+def _from_files(source: Any) -> bool:
+    """True for a tensor source that another process can open from the spec's files
+    (a checkpoint, or a LoRA adapter read on top of one)."""
+    if hasattr(source, "reader"):
+        return True
+    inner = getattr(source, "base", None)
+    return hasattr(source, "load_factors") and inner is not None and _from_files(inner)
 
 
 #: kept for callers of the former private helper

@@ -23,7 +23,6 @@ as it is read and before any math on it:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,63 +32,15 @@ import torch
 
 from pactframe.checkpoint import CODE_FROM_DTYPE, CheckpointReader, TensorInfo, non_weight_files
 from pactframe.covariance_io import CovarianceEntry, CovarianceFile, covariance_problem
-from pactframe.errors import (
-    CheckpointError,
-    ConfigError,
-    InputError,
-    NonFiniteError,
-    NonFiniteWarning,
-)
+from pactframe.errors import CheckpointError, InputError
+
+# the nonfinite policy lives in its own module (pactframe.lora reads adapters with it
+# and is opened from here); its names stay importable from pactframe.sources
+from pactframe.nonfinite import NONFINITE_POLICIES as NONFINITE_POLICIES
+from pactframe.nonfinite import apply_nonfinite_policy as apply_nonfinite_policy
+from pactframe.nonfinite import check_policy as check_policy
+from pactframe.nonfinite import nonfinite_problem as nonfinite_problem
 from pactframe.safetensors_header import shown
-
-#: values of the top-level ``nonfinite`` config key (the first is the default)
-NONFINITE_POLICIES = ("error", "warn", "ignore")
-
-
-def check_policy(policy: str) -> str:
-    if policy not in NONFINITE_POLICIES:
-        raise ConfigError(
-            f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)}; got {shown(policy)}."
-        )
-    return policy
-
-
-def nonfinite_problem(tensor: torch.Tensor) -> str | None:
-    """``"holds 2 NaN and 1 infinite value(s) (first at index [0, 3])"`` or ``None``."""
-    if not tensor.is_floating_point():
-        return None
-    finite = torch.isfinite(tensor)
-    if bool(finite.all()):
-        return None
-    nan = int(torch.isnan(tensor).sum())
-    inf = int((~finite).sum()) - nan
-    first = [int(i) for i in (~finite).nonzero()[0]] if tensor.ndim else []
-    return f"holds {nan} NaN and {inf} infinite value(s) (first at index {first})"
-
-
-def apply_nonfinite_policy(
-    tensor: torch.Tensor, policy: str, *, model: str, key: str, file: str | None
-) -> None:
-    """Check one tensor just read against the ``nonfinite`` policy (see module doc)."""
-    if policy == "ignore":
-        return
-    problem = nonfinite_problem(tensor)
-    if problem is None:
-        return
-    where = f" in {file!r}" if file else ""
-    text = f"{model}: tensor {shown(key)}{where} {problem}."
-    if policy == "warn":
-        warnings.warn(
-            f"{text} Merging it anyway (nonfinite: warn); the merged tensor may be NaN too.",
-            NonFiniteWarning,
-            stacklevel=3,
-        )
-        return
-    raise NonFiniteError(
-        f"{text} A merge would spread them into the output (or fail inside an SVD). Repair "
-        "or re-export the checkpoint; to merge anyway set `nonfinite: warn` (or `ignore`) "
-        "in the config."
-    )
 
 
 class TensorSource(Protocol):
@@ -277,6 +228,20 @@ class DictCovarianceSource(_CheckedCovariances):
         return self.covs[key].detach().to("cpu")
 
 
+def _open_model(m: Any, base: Any, nonfinite: str = "error") -> Any:
+    """A fine-tuned checkpoint, or a LoRA adapter folder (``type: lora``, or ``auto`` and
+    the folder has ``adapter_config.json``) read on top of ``base`` (docs/lora.md)."""
+    from pactframe.lora import LoraAdapterSource, is_adapter_dir
+
+    role = f"model {m.name!r}"
+    kind = getattr(m, "type", "auto")
+    if kind == "lora" or (kind == "auto" and is_adapter_dir(m.path)):
+        if base is None:
+            raise CheckpointError(f"{role}: a LoRA adapter needs a readable base model.")
+        return LoraAdapterSource(m.path, base, role, nonfinite=nonfinite)
+    return FileTensorSource(m.path, role, nonfinite=nonfinite)
+
+
 @attrs.frozen(eq=False)
 class Sources:
     """The base, the T fine-tuned models (in task order) and their covariances."""
@@ -324,7 +289,7 @@ class Sources:
         opened, covs = [], []
         for m in models:
             try:
-                opened.append(FileTensorSource(m.path, f"model {m.name!r}", nonfinite=nonfinite))
+                opened.append(_open_model(m, opened_base, nonfinite))
             except CheckpointError as exc:
                 problems.append(str(exc))
             cov = None

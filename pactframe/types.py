@@ -14,11 +14,12 @@ import attrs
 import torch
 
 from pactframe.errors import InputError
+from pactframe.linalg import as_working, numerical_rank, rank_rtol
 
 Tensor = torch.Tensor
 
 
-def _tensor_tuple(value: Sequence[Tensor]) -> tuple[Tensor, ...]:
+def _tensor_tuple(value: Sequence[Tensor | LowRank]) -> tuple[Tensor | LowRank, ...]:
     return tuple(value)
 
 
@@ -98,6 +99,87 @@ class Factorization:
         return f.U
 
 
+@attrs.frozen(eq=False)
+class LowRank:
+    """A task vector kept as two factors: ``Delta = B @ A``.
+
+    ``B`` is ``(m, r)`` and ``A`` is ``(r, n)``, so ``Delta`` has the weight's
+    shape ``(m, n)`` and rank at most ``r``. A LoRA adapter's task vector
+    (Hu et al., 2021, eq. 3: ``W = W_0 + (alpha / r) B A``) arrives this way,
+    with the scale already folded into ``B`` (see docs/lora.md).
+
+    :meth:`svd` is exact, not an approximation: with ``B = Q_B R_B`` and
+    ``A^T = Q_A R_A`` (thin QR), ``B A = Q_B (R_B R_A^T) Q_A^T``, and the
+    ``r x r`` core's SVD ``U_c S V_c^T`` gives ``Delta = (Q_B U_c) S (Q_A V_c)^T``
+    in ``O((m + n) r^2)`` instead of ``O(m n min(m, n))``.
+    """
+
+    B: Tensor
+    A: Tensor
+
+    def __attrs_post_init__(self) -> None:
+        if self.B.ndim != 2 or self.A.ndim != 2 or self.B.shape[1] != self.A.shape[0]:
+            raise InputError(
+                "LowRank needs B (m, r) and A (r, n); got shapes "
+                f"{tuple(self.B.shape)} and {tuple(self.A.shape)}."
+            )
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((int(self.B.shape[0]), int(self.A.shape[1])))
+
+    @property
+    def rank(self) -> int:
+        return int(self.A.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.B.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.B.device
+
+    def materialize(self) -> Tensor:
+        """The dense ``(m, n)`` matrix ``B @ A`` (on the factors' device and dtype)."""
+        return self.B @ self.A
+
+    def map(self, fn: Any) -> LowRank:
+        """Apply ``fn`` (a device move or cast) to both factors."""
+        return LowRank(fn(self.B), fn(self.A))
+
+    def squared_norm(self) -> float:
+        """``||B A||_F^2 = sum((B^T B) * (A A^T))``, without forming ``B A``."""
+        B, A = as_working(self.B), as_working(self.A)
+        return float(((B.transpose(0, 1) @ B) * (A @ A.transpose(0, 1))).sum().clamp_min(0.0))
+
+    def transpose(self) -> LowRank:
+        """``Delta^T = A^T B^T`` as factors."""
+        return LowRank(self.A.transpose(0, 1), self.B.transpose(0, 1))
+
+    def svd(self, rank: int | None = None) -> Factorization:
+        """The exact thin SVD of ``B @ A`` from its factors (QR of both, ``r x r`` SVD),
+        truncated to ``rank``; at most ``r`` components (zero singular values beyond
+        the factors' rank are not listed)."""
+        B, A = as_working(self.B), as_working(self.A)
+        Qb, Rb = torch.linalg.qr(B)
+        Qa, Ra = torch.linalg.qr(A.transpose(0, 1))
+        Uc, S, Vch = torch.linalg.svd(Rb @ Ra.transpose(0, 1), full_matrices=False)
+        f = Factorization(Qb @ Uc, S, Vch @ Qa.transpose(0, 1))
+        return f if rank is None else f.truncate(rank)
+
+    def truncated_svd(self, rtol: float | None = None, scale: float | None = None) -> Factorization:
+        """Rank-revealing :meth:`svd`: only the singular values ``sigma > rtol * scale``,
+        with ``rtol`` defaulting to :func:`~pactframe.linalg.rank_rtol` of the DENSE
+        shape ``(m, n)`` and ``scale`` to ``sigma_max``, exactly the rule of
+        :func:`pactframe.linalg.truncated_svd` on ``B @ A``. So both give the same
+        numerical rank and the same kept triplets (up to the sign of each pair),
+        and the singular vectors of zero singular values (arbitrary) are never listed."""
+        f = self.svd()
+        tol = rank_rtol(self.shape, f.S.dtype) if rtol is None else rtol
+        return f.truncate(numerical_rank(f.S, tol, scale))
+
+
 @attrs.frozen
 class Record:
     """One piece of report data a component attached to a tensor.
@@ -119,7 +201,11 @@ class LayerBundle:
         name: the state-dict key, e.g. ``"encoder.layer.0.attention.self.query.weight"``.
         base: the pre-trained tensor ``theta_0[name]``, any shape.
         task_vectors: ``T`` tensors ``Delta_t = theta_t[name] - theta_0[name]``,
-            each shaped like ``base``.
+            each shaped like ``base``. An entry given as a :class:`LowRank`
+            (a LoRA adapter's ``B A``) is *factored*: reading ``task_vectors``
+            materialises it (once per bundle, on its device), while
+            :attr:`factored_task_vectors` hands the factors to components that
+            can use them (see docs/plugin-guide.md, "Factored task vectors").
         task_names: ``T`` distinct task names, in the same order.
         covariances: ``None`` or ``T`` entries, each ``None`` or a ``(d_in, d_in)``
             input covariance collected on task ``t`` (PAVE, CO-SVD).
@@ -138,7 +224,9 @@ class LayerBundle:
 
     name: str
     base: Tensor
-    task_vectors: tuple[Tensor, ...] = attrs.field(converter=_tensor_tuple)
+    _task_vectors: tuple[Tensor | LowRank, ...] = attrs.field(
+        converter=_tensor_tuple, alias="task_vectors"
+    )
     task_names: tuple[str, ...] = attrs.field(converter=_str_tuple)
     covariances: tuple[Tensor | None, ...] | None = attrs.field(
         default=None, converter=_optional_tuple
@@ -147,9 +235,10 @@ class LayerBundle:
     records: tuple[Record, ...] = attrs.field(default=(), converter=_record_tuple)
     input_axis: int = 1
     task_weights: tuple[float, ...] | None = attrs.field(default=None, converter=_optional_tuple)
+    _dense: dict[int, Tensor] = attrs.field(factory=dict, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.task_weights is not None and len(self.task_weights) != len(self.task_vectors):
+        if self.task_weights is not None and len(self.task_weights) != len(self._task_vectors):
             raise InputError(
                 f"Tensor {self.name!r}: {len(self.task_weights)} task weights for "
                 f"{len(self.task_vectors)} task vectors."
@@ -158,7 +247,7 @@ class LayerBundle:
             raise InputError(
                 f"Tensor {self.name!r}: input_axis must be 0 or 1; got {self.input_axis!r}."
             )
-        T = len(self.task_vectors)
+        T = len(self._task_vectors)
         if T == 0:
             raise InputError(f"Tensor {self.name!r}: a LayerBundle needs at least one task vector.")
         if len(self.task_names) != T:
@@ -167,8 +256,8 @@ class LayerBundle:
             )
         if len(set(self.task_names)) != T:
             raise InputError(f"Tensor {self.name!r}: task names repeat: {list(self.task_names)}.")
-        for task, tv in zip(self.task_names, self.task_vectors):
-            if tv.shape != self.base.shape:
+        for task, tv in zip(self.task_names, self._task_vectors):
+            if tuple(tv.shape) != tuple(self.base.shape):
                 raise InputError(
                     f"Tensor {self.name!r}: task {task!r} has shape {tuple(tv.shape)} but the "
                     f"base has {tuple(self.base.shape)}; all checkpoints must share the layout."
@@ -179,8 +268,37 @@ class LayerBundle:
             )
 
     @property
+    def task_vectors(self) -> tuple[Tensor, ...]:
+        """The ``T`` dense task vectors; factored entries are materialised (and kept)."""
+        out = []
+        for t, tv in enumerate(self._task_vectors):
+            if isinstance(tv, LowRank):
+                if t not in self._dense:
+                    self._dense[t] = tv.materialize()
+                out.append(self._dense[t])
+            else:
+                out.append(tv)
+        return tuple(out)
+
+    @property
+    def factored_task_vectors(self) -> tuple[LowRank | None, ...]:
+        """Per task, its :class:`LowRank` factors, or ``None`` for a dense task vector."""
+        return tuple(tv if isinstance(tv, LowRank) else None for tv in self._task_vectors)
+
+    @property
+    def is_factored(self) -> bool:
+        """True when at least one task vector is held as factors."""
+        return any(isinstance(tv, LowRank) for tv in self._task_vectors)
+
+    def materialized(self) -> LayerBundle:
+        """This bundle with every task vector dense (itself when none is factored)."""
+        if not self.is_factored:
+            return self
+        return attrs.evolve(self, task_vectors=self.task_vectors)
+
+    @property
     def num_tasks(self) -> int:
-        return len(self.task_vectors)
+        return len(self._task_vectors)
 
     @property
     def is_matrix(self) -> bool:
@@ -202,14 +320,17 @@ class LayerBundle:
         return None if self.covariances is None else self.covariances[t]
 
     def with_task_vectors(
-        self, task_vectors: Sequence[Tensor], *, record: Record | None = None
+        self, task_vectors: Sequence[Tensor | LowRank], *, record: Record | None = None
     ) -> LayerBundle:
-        """A copy with new task vectors, optionally appending a report record."""
+        """A copy with new task vectors (dense or :class:`LowRank`), optionally
+        appending a report record."""
         records = self.records if record is None else (*self.records, record)
         return attrs.evolve(self, task_vectors=tuple(task_vectors), records=records)
 
     def with_record(self, record: Record) -> LayerBundle:
-        return attrs.evolve(self, records=(*self.records, record))
+        out = attrs.evolve(self, records=(*self.records, record))
+        out._dense.update(self._dense)  # same task vectors: keep what was materialised
+        return out
 
     def map_tensors(self, fn: Any) -> LayerBundle:
         """Apply ``fn`` to base, task vectors and covariances (device moves, casts)."""
@@ -219,7 +340,9 @@ class LayerBundle:
         return attrs.evolve(
             self,
             base=fn(self.base),
-            task_vectors=tuple(fn(t) for t in self.task_vectors),
+            task_vectors=tuple(
+                t.map(fn) if isinstance(t, LowRank) else fn(t) for t in self._task_vectors
+            ),
             covariances=covs,
         )
 

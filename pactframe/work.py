@@ -40,7 +40,7 @@ from pactframe.errors import ConfigError, InputError
 from pactframe.plan import COPY, FALLBACK, RECIPE, TensorPlan
 from pactframe.seeding import derive_seed
 from pactframe.sources import Sources
-from pactframe.types import LayerBundle, MergedTensor
+from pactframe.types import LayerBundle, LowRank, MergedTensor
 
 
 # ------------------------------------------------------------------ the worker's identity
@@ -133,6 +133,9 @@ class TensorResult:
     merged: MergedTensor | None = None  # on the device; None for copies and remote runs
     original: LayerBundle | None = None  # as read (device, compute dtype)
     processed: LayerBundle | None = None  # after the preprocessors
+    #: the merged delta (float32, CPU) when the job asks for it (``MergeJob.deltas``:
+    #: adapter output, docs/lora.md); ``None`` for copies
+    delta: torch.Tensor | None = None
 
 
 @attrs.frozen(eq=False)
@@ -150,7 +153,9 @@ class Inputs:
     """CPU tensors of one name, as read."""
 
     base: torch.Tensor
-    finetuned: list[torch.Tensor]  # consumed (emptied) by bundle() to free memory early
+    # consumed (emptied) by bundle() to free memory early; an adapter gives its task
+    # vector instead: LowRank factors, or None for a zero task vector (docs/lora.md)
+    finetuned: list[torch.Tensor | LowRank | None]
     covariances: tuple[torch.Tensor | None, ...] | None
     owned: bool = False  # True when the tensors are fresh buffers nobody else holds
 
@@ -187,7 +192,8 @@ class MergeJob:
     opens the files the spec names. ``stage`` is ``(recipe index, position)`` of
     the two-pass component whose prepass this job computes, ``None`` for the main
     pass. ``keep`` keeps the bundles and the merged tensor in results (in-process
-    diagnostics only).
+    diagnostics only). ``deltas`` returns each merged delta in float32 on the CPU
+    with its result (what ``output.format: lora`` truncates, under any executor).
     """
 
     spec: MergeSpec
@@ -197,6 +203,7 @@ class MergeJob:
     stage: tuple[int, int] | None = None
     keep: bool = False
     token: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    deltas: bool = False
 
     def __getstate__(self) -> dict[str, Any]:
         if self.sources is not None:
@@ -271,7 +278,7 @@ class TensorWorker:
         t = unit.plan if isinstance(unit, TensorUnit) else unit
         src = self.sources
         base = src.base.load(t.name)
-        fts = [m.load(t.name) for m in src.models] if t.handler != COPY else []
+        fts = [read_task(m, t.name) for m in src.models] if t.handler != COPY else []
         covs = None
         if t.covariance_tasks and t.handler != COPY:
             covs = tuple(
@@ -287,6 +294,10 @@ class TensorWorker:
         owned = inputs.owned
         while inputs.finetuned:  # drop each fine-tuned tensor once its task vector exists
             ft = inputs.finetuned.pop(0)
+            if ft is None or isinstance(ft, LowRank):  # an adapter's task vector (docs/lora.md)
+                placed = None if ft is None else ft.map(lambda x: x.to(dev, dt))
+                tvs.append(zero_task_vector(base) if placed is None else placed)
+                continue
             work = ft.to(dev, dt)
             if owned or work.data_ptr() != ft.data_ptr():
                 tvs.append(work.sub_(base))  # our own buffer: subtract in place
@@ -405,9 +416,12 @@ class TensorWorker:
                 tuple(m.detach().to("cpu", torch.bool) for m in merged.task_masks),
                 tuple(float(s) for s in merged.task_scales),
             )
+        delta = merged.delta.detach().to("cpu", torch.float32) if self.job.deltas else None
         if self.job.keep:
-            return self._result(t, out, entry, modulator, start, merged, bundle, processed)
-        return self._result(t, out, entry, modulator, start)
+            return self._result(
+                t, out, entry, modulator, start, merged, bundle, processed, delta=delta
+            )
+        return self._result(t, out, entry, modulator, start, delta=delta)
 
     def _result(
         self,
@@ -419,6 +433,8 @@ class TensorWorker:
         merged: MergedTensor | None = None,
         original: LayerBundle | None = None,
         processed: LayerBundle | None = None,
+        *,
+        delta: torch.Tensor | None = None,
     ) -> TensorResult:
         seconds = time.perf_counter() - start
         if t.handler != COPY:
@@ -436,7 +452,28 @@ class TensorWorker:
             merged,
             original,
             processed,
+            delta,
         )
+
+
+def zero_task_vector(base: torch.Tensor) -> torch.Tensor | LowRank:
+    """A tensor an adapter leaves alone: rank-0 factors for a matrix (free for the
+    factored components; materialises to zeros), else zeros."""
+    if base.ndim == 2:
+        return LowRank(base.new_zeros((base.shape[0], 0)), base.new_zeros((0, base.shape[1])))
+    return torch.zeros_like(base)
+
+
+def read_task(model: Any, name: str) -> torch.Tensor | LowRank | None:
+    """A fine-tuned tensor, or from a LoRA adapter source its factored task vector
+    (``LowRank``) or ``None`` where the adapter leaves the tensor as in the base."""
+    if hasattr(model, "load_factors"):
+        factors = model.load_factors(name)
+        if factors is not None:
+            return factors
+        if model.untouched(name):
+            return None
+    return model.load(name)
 
 
 def jsonable(value: Any) -> Any:

@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--device", default=None, help="move model and batches here (e.g. cuda)")
     parser.add_argument("--source", help="free text stored in the file (model, split, batches)")
+    parser.add_argument(
+        "--adapter",
+        metavar="PATH",
+        help="a PEFT LoRA adapter folder: collect on the base model plus this adapter "
+        "(the fine-tuned model of an adapter task, docs/lora.md)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, batches = _from_hugging_face(args)
         default_source = f"hf-model {args.hf_model}, text {args.text_file}"
+    if args.adapter:  # the fine-tuned model of an adapter task: base + scale * B A
+        from pactframe.lora import apply_adapter
+
+        model = apply_adapter(model, args.adapter)
+        default_source += f", adapter {args.adapter}"
     if args.device:
         model = model.to(args.device)
         batches = (_to_device(b, args.device) for b in batches)

@@ -9,6 +9,7 @@ import torch
 
 from pactframe import Decomposer, Factorization, hookimpl, param
 from pactframe.linalg import as_working
+from pactframe.types import LowRank
 from pactframe.validation import integer
 
 
@@ -66,6 +67,18 @@ class RandomizedSVD(Decomposer):
         b = q.transpose(0, 1) @ a
         ub, s, vh = torch.linalg.svd(b, full_matrices=False)
         return Factorization(q @ ub, s, vh).truncate(k)
+
+    def decompose_low_rank(
+        self,
+        low_rank: LowRank,
+        rank: int | None = None,
+        *,
+        covariance: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Factorization:
+        """The exact SVD of ``B @ A`` from its factors (:meth:`LowRank.svd`),
+        ``O((m + n) r^2)``; at most ``r`` components (the rest are zero)."""
+        return low_rank.svd(rank)
 
 
 @hookimpl

@@ -19,6 +19,7 @@ from pactframe import (
 )
 from pactframe.linalg import as_working
 from pactframe.seeding import generator
+from pactframe.types import LowRank
 from pactframe.validation import integer
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
 from pactframe_plugins.mergers._common import linear_layout
@@ -37,6 +38,17 @@ def intrusion_energy(delta: torch.Tensor, core: torch.Tensor) -> float | None:
     if total == 0.0:
         return None
     inside = float(torch.linalg.vector_norm(delta @ core)) ** 2
+    return min(max(inside / total, 0.0), 1.0)
+
+
+def intrusion_energy_low_rank(delta: LowRank, core: torch.Tensor) -> float | None:
+    """:func:`intrusion_energy` of a factored ``Delta = B A`` (LoRA): ``Delta V_0K`` is
+    ``B (A V_0K)``, and both squared norms come from the factors (no ``d_out x d_in``
+    matrix is formed)."""
+    total = delta.squared_norm()
+    if total == 0.0:
+        return None
+    inside = LowRank(delta.B, delta.A @ core).squared_norm()
     return min(max(inside / total, 0.0), 1.0)
 
 
@@ -90,11 +102,17 @@ class IntrusionEnergy(Evaluator):
         f = self.decomposer.decompose(base, K, generator=generator(original.seed, self.name))
         core = core_basis(f, "right")
 
+        def energy(bundle: LayerBundle, t: int) -> float | None:
+            low_rank = bundle.factored_task_vectors[t]
+            if low_rank is None:
+                tv = bundle.task_vectors[t]
+                return intrusion_energy(as_working(linear_layout(tv, axis)).to(core.dtype), core)
+            lin = low_rank if axis == 1 else low_rank.transpose()
+            lin = lin.map(lambda x: as_working(x).to(core.dtype))
+            return intrusion_energy_low_rank(lin, core)
+
         def energies(bundle: LayerBundle) -> dict[str, float | None]:
-            return {
-                name: intrusion_energy(as_working(linear_layout(tv, axis)).to(core.dtype), core)
-                for name, tv in zip(bundle.task_names, bundle.task_vectors)
-            }
+            return {name: energy(bundle, t) for t, name in enumerate(bundle.task_names)}
 
         return {
             "core_rank": int(core.shape[1]),

@@ -9,6 +9,7 @@ import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import truncated_svd
+from pactframe.types import LowRank
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     fallback_field,
@@ -37,6 +38,21 @@ def flat_spectrum(matrix: torch.Tensor, rtol: float | None = None) -> torch.Tens
     if S.numel() == 0:
         return torch.zeros_like(matrix)
     return (S.mean() * (U @ Vh)).to(matrix.dtype)
+
+
+def flat_spectrum_low_rank(parts: list[LowRank], dtype: torch.dtype) -> torch.Tensor:
+    """:func:`flat_spectrum` of ``M = sum_t B_t A_t`` from the factors: ``M`` is the
+    factored ``[B_1 ... B_T] [A_1; ...; A_T]``, whose rank-revealing SVD (QR + small
+    SVD, :meth:`LowRank.truncated_svd`, the same rank rule as the dense path) lists
+    the ``rank(M) <= sum_t r_t`` non-zero values; the mean is over those, as in
+    :func:`flat_spectrum`, so the result equals the dense one whatever ``rank(M)``."""
+    joint = LowRank(
+        torch.cat([p.B for p in parts], dim=1), torch.cat([p.A for p in parts], dim=0)
+    )
+    f = joint.truncated_svd()
+    if f.S.numel() == 0:
+        return torch.zeros(joint.shape, dtype=dtype, device=joint.device)
+    return (f.S.mean() * (f.U @ f.Vh)).to(dtype)
 
 
 @attrs.frozen
@@ -73,6 +89,9 @@ class IsoC(Merger):
     multiplied by ``scaling``, as the authors do (``theta_0 + alpha * mean``).
     Name-based exclusions (``text_projection``, embeddings) are the pipeline's rules.
     Iso-C is not the identity for ``T = 1`` unless the spectrum is already flat.
+
+    When every task vector is factored (LoRA adapters, docs/lora.md) the sum stays
+    factored (:func:`flat_spectrum_low_rank`) and the result equals the dense one.
     """
 
     name: ClassVar[str] = "iso_c"
@@ -89,8 +108,14 @@ class IsoC(Merger):
         require_float(bundle, self.name)
         if not bundle.is_matrix:
             return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
-        summed = stacked_task_vectors(bundle).sum(dim=0)
-        delta = self.scaling * flat_spectrum(summed)
+        factored = bundle.factored_task_vectors
+        if all(f is not None for f in factored):  # LoRA task vectors: stay factored
+            delta = self.scaling * flat_spectrum_low_rank(
+                [f for f in factored if f is not None], bundle.base.dtype
+            )
+        else:
+            summed = stacked_task_vectors(bundle).sum(dim=0)
+            delta = self.scaling * flat_spectrum(summed)
         return MergedTensor(delta, records=(Record(self.name, {"rule": "iso_c"}),))
 
 

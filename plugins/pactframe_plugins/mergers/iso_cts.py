@@ -9,6 +9,7 @@ import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import as_working, derived_rtol, numerical_rank, rank_rtol
+from pactframe.types import LowRank
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     fallback_field,
@@ -82,6 +83,10 @@ class IsoCTS(Merger):
     are not matrices go to ``fallback`` (default: mean of the task vectors),
     multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs
     and ``T`` spectral norms.
+
+    When every task vector is factored (LoRA adapters, docs/lora.md) the sum and
+    the residuals ``(B_t - U_c U_c^T B_t) A_t`` stay factored (QR + small SVDs) and
+    the same rank rules apply, so the result equals the dense one.
     """
 
     name: ClassVar[str] = "iso_cts"
@@ -103,26 +108,52 @@ class IsoCTS(Merger):
         if not bundle.is_matrix:
             return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
         axis = bundle.input_axis
-        deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
-        rank = min(deltas[0].shape)
-        common, per_task = subspace_sizes(rank, len(deltas), self.common_space_fraction)
-        summed = torch.stack(deltas).sum(dim=0)
-        U, S, Vh = torch.linalg.svd(summed, full_matrices=False)
-        common = min(common, numerical_rank(S, rank_rtol(summed.shape, summed.dtype)))
-        residual_rtol = derived_rtol(summed.shape, summed.dtype)
+        factored = bundle.factored_task_vectors
+        T = bundle.num_tasks
+        lin: list[LowRank] = []
+        deltas: list[torch.Tensor] = []
+        if all(f is not None for f in factored):  # LoRA task vectors: SVDs from the factors
+            lin = [
+                (f if axis == 1 else f.transpose()).map(as_working)
+                for f in factored
+                if f is not None
+            ]
+            shape, dtype = lin[0].shape, lin[0].dtype
+            joint = LowRank(
+                torch.cat([f.B for f in lin], dim=1), torch.cat([f.A for f in lin], dim=0)
+            )
+            fs = joint.svd()  # lists rank(M) <= sum r_t values; the rest are zero
+            U, S, Vh = fs.U, fs.S, fs.Vh
+        else:
+            deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
+            summed = torch.stack(deltas).sum(dim=0)
+            shape, dtype = summed.shape, summed.dtype
+            U, S, Vh = torch.linalg.svd(summed, full_matrices=False)
+        rank = min(shape)
+        common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
+        common = min(common, numerical_rank(S, rank_rtol(shape, dtype)))
+        residual_rtol = derived_rtol(shape, dtype)
         u_common = U[:, :common]
         us, ss, vhs = [], [], []
-        for delta_t in deltas:
-            residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
-            u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
-            scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
+        for t in range(T):
+            if lin:  # R_t = (B - U_c U_c^T B) A, still factored
+                f = lin[t]
+                r_t = LowRank(f.B - u_common @ (u_common.transpose(0, 1) @ f.B), f.A).svd()
+                u_t, s_t, vh_t = r_t.U, r_t.S, r_t.Vh
+                s_f = f.svd().S
+                scale = float(s_f[0]) if s_f.numel() else 0.0
+            else:
+                delta_t = deltas[t]
+                residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
+                u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
+                scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
             keep = min(per_task, numerical_rank(s_t, residual_rtol, scale))
             us.append(u_t[:, :keep])
             ss.append(s_t[:keep])
             vhs.append(vh_t[:keep])
         sigma_hat = torch.cat([*ss, S[:common]])
         if sigma_hat.numel() == 0:
-            merged = torch.zeros_like(summed)
+            merged = torch.zeros(shape, dtype=dtype, device=bundle.base.device)
         else:
             u_perp = polar_in_span(torch.cat([*us, u_common], dim=1))
             vh_perp = polar_in_span(torch.cat([*vhs, Vh[:common]], dim=0))

@@ -83,6 +83,13 @@ class TSVM(Merger):
     Tensors that are not matrices go to ``fallback`` (default: mean of the task
     vectors), multiplied by ``scaling``, as in the authors' code.
     Cost: ``T + 2`` exact SVDs per matrix.
+
+    Factored task vectors (LoRA adapters, ``bundle.factored_task_vectors``) are
+    decomposed from their factors (QR + ``r x r`` SVD, exact,
+    :meth:`~pactframe.types.LowRank.truncated_svd` with the same rank rule), so
+    the result equals the dense one, also when a budget exceeds the adapter's
+    rank (docs/lora.md). The polar factors are then of ``m x K`` and ``K x n``
+    with ``K = sum_t min(k_t, rank(Delta_t))``.
     """
 
     name: ClassVar[str] = "tsv_m"
@@ -108,8 +115,14 @@ class TSVM(Merger):
         if sum(ranks) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
         us, ss, vhs = [], [], []
-        for delta_t, k in zip(bundle.task_vectors, ranks):
-            U, S, Vh = truncated_svd(delta_t)  # k_t is clipped to rank(Delta_t)
+        factored = bundle.factored_task_vectors
+        for t, k in enumerate(ranks):
+            low_rank = factored[t]
+            if low_rank is not None:  # a LoRA task vector: the same SVD from its factors
+                f = low_rank.truncated_svd()
+                U, S, Vh = f.U, f.S, f.Vh
+            else:
+                U, S, Vh = truncated_svd(bundle.task_vectors[t])  # k_t clipped to rank(Delta_t)
             us.append(U[:, :k])
             ss.append(S[:k])
             vhs.append(Vh[:k])

@@ -31,7 +31,7 @@ from pactframe import (
 from pactframe.errors import InputError, InvalidParameterError
 from pactframe.linalg import as_working, numerical_rank, orth, rank_rtol, unit_scale_rtol
 from pactframe.seeding import generator
-from pactframe.types import Factorization
+from pactframe.types import Factorization, LowRank
 from pactframe.validation import integer, one_of, regex
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
 from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
@@ -289,6 +289,9 @@ class PACTAligner(Preprocessor):
         check_base(bundle)
         axis = bundle.input_axis
         base = as_working(linear_layout(bundle.base, axis))
+        factored = bundle.factored_task_vectors
+        if all(f is not None for f in factored):  # LoRA task vectors: filter the factors
+            return self._preprocess_low_rank(bundle, base, [f for f in factored if f is not None])
         deltas = [as_working(linear_layout(tv, axis)) for tv in bundle.task_vectors]
         full = min(base.shape)
         K, k = min(self.core_rank, full), min(self.task_rank, full)
@@ -332,6 +335,88 @@ class PACTAligner(Preprocessor):
             for f, tv in zip(filtered, bundle.task_vectors)
         ]
         return bundle.with_task_vectors(out, record=Record(self.name, data))
+
+
+    def _preprocess_low_rank(
+        self, bundle: LayerBundle, base: torch.Tensor, factored: list[LowRank]
+    ) -> LayerBundle:
+        """PACT on factored task vectors ``Delta_t = B_t A_t`` (LoRA), never forming them.
+
+        The task subspaces come from ``decomposer.decompose_low_rank`` (exact from the
+        factors for exact_svd / randomized_svd), and the filters act on one factor:
+        ``Delta Q Q^T`` removed on the right is ``B (A - (A Q) Q^T)``, on the left
+        ``(B - Q (Q^T B)) A``; so the result is factored again, of the same rank.
+        """
+        axis = bundle.input_axis
+        lin = [
+            LowRank(as_working(f.B), as_working(f.A)) if axis == 1 else
+            LowRank(as_working(f.B), as_working(f.A)).transpose()
+            for f in factored
+        ]
+        full = min(base.shape)
+        K, k = min(self.core_rank, full), min(self.task_rank, full)
+        sides = ("right", "left") if self.side == "both" else (self.side,)
+        core_f = self.decomposer.decompose(base, K, generator=generator(bundle.seed, self.name, 0))
+        core = {side: leading_basis(core_f, side).clone() for side in sides}
+        tasks = []
+        for t, f in enumerate(lin):
+            tf = self.decomposer.decompose_low_rank(
+                f, k, generator=generator(bundle.seed, self.name, t + 1)
+            )
+            tasks.append({side: leading_basis(tf, side).clone() for side in sides})
+        names = bundle.task_names
+        data: dict[str, Any] = {
+            "action": "filtered",
+            "side": self.side,
+            "decomposer": self.decomposer.name,
+            "core_rank": K,
+            "task_rank": k,
+            "factored": True,
+        }
+        filtered = lin
+        for side in sides:
+            v0 = core[side]
+            relied = [relied_subspace(v0, f[side], basis=self.orth_method) for f in tasks]
+            protect = protect_bases(relied, basis=self.orth_method)
+            if side == "right":
+                filtered = [remove_right_low_rank(d, q) for d, q in zip(filtered, protect)]
+            else:
+                filtered = [remove_left_low_rank(d, q) for d, q in zip(filtered, protect)]
+            data[side] = {
+                "core_dim": int(v0.shape[1]),
+                "relied_dims": {n: int(r.shape[1]) for n, r in zip(names, relied)},
+                "protect_dims": {n: int(q.shape[1]) for n, q in zip(names, protect)},
+            }
+        removed = {}
+        for n, before, after in zip(names, lin, filtered):
+            total = before.squared_norm()
+            diff = LowRank(
+                torch.cat([before.B, after.B], dim=1), torch.cat([before.A, -after.A], dim=0)
+            )
+            removed[n] = 0.0 if total == 0.0 else diff.squared_norm() / total
+        data["removed_energy"] = removed
+        dtype = bundle.base.dtype
+        out = [
+            (f if axis == 1 else f.transpose()).map(lambda x: x.to(dtype).contiguous())
+            for f in filtered
+        ]
+        return bundle.with_task_vectors(out, record=Record(self.name, data))
+
+
+def remove_right_low_rank(delta: LowRank, q: torch.Tensor) -> LowRank:
+    """:func:`remove_right` of a factored ``Delta = B A``: ``B (A - (A Q) Q^T)``, the same
+    rank; exactly 0 (a zero ``A``) when ``Q`` spans the whole input space."""
+    if q.shape[1] == delta.shape[1]:
+        return LowRank(delta.B, torch.zeros_like(delta.A))
+    return LowRank(delta.B, delta.A - (delta.A @ q) @ q.transpose(0, 1))
+
+
+def remove_left_low_rank(delta: LowRank, q: torch.Tensor) -> LowRank:
+    """:func:`remove_left` of a factored ``Delta = B A``: ``(B - Q (Q^T B)) A``; exactly 0
+    (a zero ``B``) when ``Q`` spans the whole output space."""
+    if q.shape[1] == delta.shape[0]:
+        return LowRank(torch.zeros_like(delta.B), delta.A)
+    return LowRank(delta.B - q @ (q.transpose(0, 1) @ delta.B), delta.A)
 
 
 def _removed_fraction(before: torch.Tensor, after: torch.Tensor) -> float:

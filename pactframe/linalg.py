@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -17,25 +19,135 @@ def as_working(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.to(working_dtype(matrix.dtype))
 
 
+def rank_rtol(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> float:
+    """Default relative rank tolerance ``max(shape) * eps(dtype)``.
+
+    The rule of numpy's ``matrix_rank`` (and of LAPACK-based rank decisions in
+    general): a singular value counts as zero when it is at most
+    ``sigma_max * max(m, n) * eps``, the size of the rounding error an SVD
+    makes in any singular value of an ``(m, n)`` matrix. ``dtype`` is the
+    working dtype (``eps`` = 2.2e-16 in float64, 1.2e-7 in float32).
+    """
+    return max(shape) * torch.finfo(working_dtype(dtype)).eps
+
+
+def derived_rtol(shape: tuple[int, ...] | torch.Size, dtype: torch.dtype) -> float:
+    """Relative tolerance ``max(sqrt(eps), max(shape) * eps)`` for derived matrices.
+
+    A matrix computed with a basis that came from ANOTHER decomposition (a
+    residual ``Delta - U_c U_c^T Delta`` with ``U_c`` from the SVD of a sum, a
+    stack of singular bases of different matrices) carries that basis's error,
+    which is the rounding error amplified by the conditioning of the subspace
+    (``eps * sigma_max / gap``), not just ``max(m, n) * eps``. Its singular values
+    at or below ``sqrt(eps)`` (1.5e-8 in float64, 3.5e-4 in float32) times the
+    reference scale are treated as zero: a direction that small is either such
+    an artefact or too weak to be resolved apart from one.
+    """
+    eps = torch.finfo(working_dtype(dtype)).eps
+    return max(math.sqrt(eps), rank_rtol(shape, dtype))
+
+
+def unit_scale_rtol(
+    sigma_max: float, shape: tuple[int, ...] | torch.Size, dtype: torch.dtype
+) -> float:
+    """Relative tolerance (to ``sigma_max``) for matrices whose columns (or rows)
+    have unit scale: :func:`derived_rtol` as an ABSOLUTE floor.
+
+    Stacks of orthonormal blocks (concatenated singular bases) and projections
+    of orthonormal vectors have singular values that are cosines and sines of
+    principal angles, computed from different SVDs that agree only to rounding;
+    a direction with singular value at most ``sqrt(eps)`` is two bases spanning
+    the same space up to rounding, not a real direction. Returns
+    ``max(sqrt(eps) / sigma_max, max(shape) * eps)`` (``inf`` for ``sigma_max = 0``).
+    """
+    eps = torch.finfo(working_dtype(dtype)).eps
+    floor = math.sqrt(eps) / sigma_max if sigma_max > 0 else math.inf
+    return max(floor, rank_rtol(shape, dtype))
+
+
+def numerical_rank(singular_values: torch.Tensor, rtol: float, scale: float | None = None) -> int:
+    """How many of the descending ``singular_values`` exceed ``rtol * scale``.
+
+    ``scale`` defaults to the largest singular value (``singular_values[0]``);
+    pass a larger reference (e.g. the norm of the matrix a residual was
+    computed from) when the values come from a difference. An empty or zero
+    spectrum has rank 0.
+    """
+    if singular_values.numel() == 0:
+        return 0
+    ref = float(singular_values[0]) if scale is None else float(scale)
+    if not ref > 0.0:
+        return 0
+    return int((singular_values > ref * rtol).sum())
+
+
+def truncated_svd(
+    matrix: torch.Tensor, rtol: float | None = None, scale: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rank-revealing thin SVD: ``(U_r, S_r, Vh_r)`` of ``matrix`` ``(m, n)``,
+    shapes ``(m, r)``, ``(r,)``, ``(r, n)``, with ``r`` the numerical rank.
+
+    A singular value is kept when ``sigma > rtol * scale``; ``rtol`` defaults to
+    :func:`rank_rtol` (``max(m, n) * eps``) and ``scale`` to ``sigma_max``
+    (:func:`numerical_rank`). Singular vectors of the discarded (numerically
+    zero) singular values are arbitrary: LAPACK picks any basis of the null
+    spaces, and a perturbation of the size of rounding changes it completely,
+    so nothing downstream may depend on them. Exact SVD in the working dtype
+    (float32 for half inputs); results in that dtype.
+    """
+    a = as_working(matrix)
+    U, S, Vh = torch.linalg.svd(a, full_matrices=False)
+    tol = rank_rtol(a.shape, a.dtype) if rtol is None else rtol
+    keep = numerical_rank(S, tol, scale)
+    return U[:, :keep], S[:keep], Vh[:keep]
+
+
+def polar_in_span(
+    matrix: torch.Tensor, rtol: float | None = None, *, unit_scale: bool = False
+) -> torch.Tensor:
+    """Orthogonal polar factor of ``matrix`` ``(m, k)`` restricted to its numerical range.
+
+    With ``matrix = U_r diag(S_r) Vh_r`` (:func:`truncated_svd`) returns the
+    partial isometry ``U_r Vh_r`` ``(m, k)``: the unique factor ``P`` of the
+    polar decomposition ``matrix = P (matrix^T matrix)^{1/2}`` whose row space
+    is the row space of ``matrix`` and whose column space is its column space.
+    On a matrix of full rank ``min(m, k)`` this is the usual polar factor ``U Vh``
+    (the orthonormal matrix nearest to ``matrix``); on a rank-deficient one the
+    usual factor would complete the basis with arbitrary null vectors, while
+    this one leaves the null spaces null, so it is unique and stable under
+    perturbations of the size of rounding.
+
+    ``unit_scale=True`` is for stacks of orthonormal blocks (concatenated
+    singular bases): the tolerance is :func:`unit_scale_rtol`; otherwise
+    ``rtol`` (default :func:`rank_rtol`) relative to ``sigma_max``.
+    """
+    a = as_working(matrix)
+    U, S, Vh = torch.linalg.svd(a, full_matrices=False)
+    if rtol is None:
+        sigma_max = float(S[0]) if S.numel() else 0.0
+        rtol = (
+            unit_scale_rtol(sigma_max, a.shape, a.dtype)
+            if unit_scale
+            else rank_rtol(a.shape, a.dtype)
+        )
+    keep = numerical_rank(S, rtol)
+    return U[:, :keep] @ Vh[:keep]
+
+
 def orth(matrix: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
     """Rank-revealing orthonormal basis of ``range(matrix)``, shape ``(m, rank)``.
 
     Keeps the left singular vectors with ``sigma > sigma_max * rtol``, where
     ``rtol`` defaults to ``max(matrix.shape) * eps(dtype)`` (as numpy's
-    ``matrix_rank``). Unlike plain QR on a rank-deficient matrix, the result
-    does not depend on rounding noise and spans exactly the numerical range.
-    A zero or empty matrix gives an ``(m, 0)`` basis.
+    ``matrix_rank``; :func:`rank_rtol`). Unlike plain QR on a rank-deficient
+    matrix, the result does not depend on rounding noise and spans exactly the
+    numerical range. A zero or empty matrix gives an ``(m, 0)`` basis.
     """
     m = matrix.shape[0]
     if matrix.numel() == 0:
         return matrix.new_zeros((m, 0))
-    a = as_working(matrix)
-    U, S, _ = torch.linalg.svd(a, full_matrices=False)
-    if S.numel() == 0 or float(S[0]) == 0.0:
-        return a.new_zeros((m, 0))
-    tol = (max(a.shape) * torch.finfo(a.dtype).eps) if rtol is None else rtol
-    keep = int((S > S[0] * tol).sum())
-    return U[:, :keep]
+    U, _, _ = truncated_svd(matrix, rtol)
+    return U
 
 
 def projector_distance(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -62,7 +62,8 @@ def ref_iso_cts(deltas: list[np.ndarray], fraction: float, alpha: float = 1.0) -
 
 
 def ref_keep_count(fraction: float, total: int) -> int:
-    """ceil(fraction * total) on the decimal value (e.g. 0.7 of 10 is 7)."""
+    """ceil(fraction * total) on the decimal value (e.g. 0.07 of 100 is 7, where the
+    float product 7.000000000000001 would round up to 8)."""
     from decimal import ROUND_CEILING, Decimal
 
     return int((Decimal(repr(fraction)) * total).to_integral_value(rounding=ROUND_CEILING))

@@ -6,7 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from pactframe.linalg import as_working, orth, projector_distance, working_dtype
+from pactframe.linalg import (
+    as_working,
+    derived_rtol,
+    numerical_rank,
+    orth,
+    polar_in_span,
+    projector_distance,
+    rank_rtol,
+    truncated_svd,
+    unit_scale_rtol,
+    working_dtype,
+)
 from pactframe.seeding import derive_seed, generator
 
 
@@ -108,3 +119,53 @@ def test_generator_is_a_seeded_cpu_generator():
     assert g1.device.type == "cpu"
     assert torch.equal(torch.randn(4, generator=g1), torch.randn(4, generator=g2))
     assert g1.initial_seed() == derive_seed(7, "x")
+
+
+def test_rank_tolerances_have_their_documented_values():
+    """max(m, n) eps; sqrt(eps) floors for derived and unit-scale matrices (float64, float32,
+    half precision read as float32)."""
+    eps64, eps32 = np.finfo(np.float64).eps, np.finfo(np.float32).eps
+    assert rank_rtol((30, 7), torch.float64) == 30 * eps64
+    assert rank_rtol((30, 7), torch.bfloat16) == 30 * eps32
+    assert derived_rtol((30, 7), torch.float64) == np.sqrt(eps64)
+    assert derived_rtol((10**9, 7), torch.float64) == 10**9 * eps64
+    assert unit_scale_rtol(2.0, (30, 7), torch.float64) == np.sqrt(eps64) / 2.0
+    assert unit_scale_rtol(0.0, (30, 7), torch.float32) == float("inf")
+
+
+def test_numerical_rank_counts_values_above_the_tolerance_times_the_scale():
+    s = torch.tensor([4.0, 2.0, 1e-3, 1e-20], dtype=torch.float64)
+    assert numerical_rank(s, 1e-6) == 3  # against sigma_max = 4
+    assert numerical_rank(s, 1e-6, scale=1e4) == 2  # against a larger reference
+    assert numerical_rank(torch.zeros(3, dtype=torch.float64), 1e-6) == 0
+    assert numerical_rank(torch.zeros(0, dtype=torch.float64), 1e-6) == 0
+
+
+def test_truncated_svd_keeps_exactly_the_numerical_rank_and_reconstructs():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((9, 2)) @ rng.standard_normal((2, 6))  # rank 2
+    U, S, Vh = truncated_svd(torch.from_numpy(a))
+    assert U.shape == (9, 2) and S.shape == (2,) and Vh.shape == (2, 6)
+    assert np.allclose((U * S) @ Vh, a, atol=1e-12)
+    assert np.allclose(S.numpy(), np.linalg.svd(a, compute_uv=False)[:2], rtol=1e-12)
+    empty = truncated_svd(torch.zeros(4, 3, dtype=torch.float64))
+    assert [tuple(x.shape) for x in empty] == [(4, 0), (0,), (0, 3)]
+
+
+def test_polar_in_span_is_the_polar_factor_at_full_rank_and_a_partial_isometry_otherwise():
+    """Full column rank: U Vh of numpy's SVD. Rank-deficient [q, q] (q unit): the partial
+    isometry q [1, 1] / sqrt(2), whose ranges are those of the matrix (hand-worked)."""
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((7, 4))
+    u, _, vh = np.linalg.svd(a, full_matrices=False)
+    assert np.allclose(polar_in_span(torch.from_numpy(a)).numpy(), u @ vh, atol=1e-13)
+    q = np.linalg.qr(rng.standard_normal((7, 1)))[0]
+    stack = np.concatenate([q, q], axis=1)
+    expected = q @ np.array([[1.0, 1.0]]) / np.sqrt(2.0)
+    p = polar_in_span(torch.from_numpy(stack), unit_scale=True).numpy()
+    assert np.allclose(p, expected, atol=1e-13)
+    assert np.allclose(p @ p.T @ p, p, atol=1e-13)  # a partial isometry
+    # a second copy that differs by rounding (1e-14) is still the same direction
+    noisy = np.concatenate([q, q + 1e-14 * rng.standard_normal((7, 1))], axis=1)
+    p_noisy = polar_in_span(torch.from_numpy(noisy), unit_scale=True).numpy()
+    assert np.allclose(p_noisy, expected, atol=1e-12)

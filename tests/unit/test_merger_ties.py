@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from pactframe_plugins.mergers.ties import TIES, GlobalTrimState, keep_count
@@ -82,7 +84,12 @@ def test_global_state_for_other_tasks_is_an_input_error():
 
 
 def test_keep_count_is_exact_on_decimal_fractions():
-    """0.7 * 10 is 7.000000000000001 in binary floating point; we keep 7."""
+    """0.07 * 100 is 7.000000000000001 and 0.14 * 100 is 14.000000000000002 in binary
+    floating point (their ceilings are 8 and 15); we keep 7 and 14. (0.7 * 10 is exactly
+    7.0, so it shows nothing.)"""
+    assert math.ceil(0.07 * 100) == 8 and math.ceil(0.14 * 100) == 15  # the pitfall
+    assert keep_count(0.07, 100) == 7
+    assert keep_count(0.14, 100) == 14
     assert keep_count(0.7, 10) == 7
     assert keep_count(0.2, 11) == 3
     assert keep_count(1.0, 5) == 5

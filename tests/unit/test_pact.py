@@ -71,6 +71,26 @@ def test_hand_worked_a_task_that_rewrites_the_core_protects_nothing():
     assert out.records[-1].data["right"]["relied_dims"] == {"t0": 1, "t1": 0}
 
 
+def test_a_protect_space_that_fills_the_input_space_gives_exact_zeros():
+    """d_in = 3, K = 3, k = 1, T = 3 (K + (T-1) k >= d_in): each task's protect space is
+    R^3, so every filtered task vector is exactly 0 (not rounding noise, whose direction
+    a backbone would then flatten or orthogonalise), and so is every preset's merge."""
+    from pactframe_plugins.mergers.pact_presets import PRESETS
+
+    gen = torch.Generator().manual_seed(0)
+    tasks = [torch.randn(4, 3, generator=gen, dtype=F64) for _ in range(3)]
+    base = torch.randn(4, 3, generator=gen, dtype=F64)
+    b = bundle(tasks, base=base)
+    out = PACTAligner(core_rank=3, task_rank=1).preprocess(b)
+    assert out.records[-1].data["right"]["protect_dims"] == {"t0": 3, "t1": 3, "t2": 3}
+    assert all(not bool(tv.any()) for tv in out.task_vectors)
+    left = PACTAligner(core_rank=3, task_rank=1, side="left").preprocess(bundle(
+        [t.T.contiguous() for t in tasks], base=base.T.contiguous()))
+    assert all(not bool(tv.any()) for tv in left.task_vectors)
+    for preset in PRESETS:
+        assert not bool(preset(core_rank=3, task_rank=1).merge(b).delta.any()), preset.name
+
+
 def test_hand_worked_left_side_removes_rows():
     """side='left' is the same construction on the output side: with the transposed
     inputs of the first example, Delta_2's row along e1 is removed."""

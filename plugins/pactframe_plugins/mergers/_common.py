@@ -4,8 +4,8 @@
   (integer and boolean buffers such as ``position_ids`` or step counters).
 - :func:`stacked_task_vectors`: the ``T`` task vectors as one ``(T, *shape)`` tensor.
 - :func:`summed_task_vectors`: ``sum_t Delta_t`` accumulated in place (no stack).
-- :func:`polar_factor`: the orthogonal polar factor ``u @ vh`` of a thin SVD, which
-  TSV-M and Iso-CTS use to orthogonalise concatenated singular vectors.
+- :func:`polar_in_span`: the orthogonal polar factor of concatenated singular
+  vectors on their numerical span, which TSV-M and Iso-CTS use to orthogonalise them.
 - :func:`fallback_field` / :func:`merge_with_fallback`: how the SVD-based mergers
   treat tensors that are not matrices (biases, norms, 1-D and 0-D tensors).
 - :func:`linear_layout` / :func:`from_linear_layout`: view a transposed
@@ -21,7 +21,7 @@ import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record
 from pactframe.errors import InputError, InvalidParameterError
-from pactframe.linalg import as_working
+from pactframe.linalg import polar_in_span as linalg_polar_in_span
 
 
 def float_support_reason(bundle: LayerBundle) -> str | None:
@@ -89,16 +89,21 @@ def weight_total(bundle: LayerBundle) -> float:
     return total
 
 
-def polar_factor(matrix: torch.Tensor) -> torch.Tensor:
-    """Orthogonal polar factor ``u @ vh`` of ``matrix = u diag(s) vh`` (thin SVD).
+def polar_in_span(stack: torch.Tensor) -> torch.Tensor:
+    """Orthogonalise concatenated singular vectors inside their span.
 
-    Shape ``(m, k)`` in, ``(m, k)`` out, with orthonormal columns when ``m >= k``
-    (rows when ``m < k``). It is the orthonormal matrix nearest to ``matrix`` in
-    Frobenius norm, and equals ``A (A^T A)^{-1/2}`` for full column rank ``A``.
+    ``stack`` is ``(m, K)`` (left singular vectors side by side) or ``(K, n)``
+    (right singular vectors stacked as rows), made of orthonormal blocks. Returns
+    the polar factor on its numerical range, ``U_r Vh_r`` for ``stack = U_r
+    diag(S_r) Vh_r`` (:func:`pactframe.linalg.polar_in_span` with the unit-scale
+    tolerance: singular values at most ``sqrt(eps)``, about 1.5e-8 in float64,
+    mark blocks that span the same directions up to rounding). When ``stack``
+    has full rank ``min(m, K)`` this is the authors' polar factor ``u @ vh``
+    (the nearest matrix with orthonormal columns, or rows); otherwise their
+    factor would add arbitrary null directions, and this one adds none.
     Half-precision input is computed in float32.
     """
-    u, _, vh = torch.linalg.svd(as_working(matrix), full_matrices=False)
-    return u @ vh
+    return linalg_polar_in_span(stack, unit_scale=True)
 
 
 def linear_layout(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:

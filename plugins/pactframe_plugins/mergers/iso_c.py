@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working
+from pactframe.linalg import truncated_svd
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     fallback_field,
@@ -20,14 +20,22 @@ from pactframe_plugins.mergers._common import (
 from pactframe_plugins.mergers.average import WeightAveraging
 
 
-def flat_spectrum(matrix: torch.Tensor) -> torch.Tensor:
-    """``U (mean(S) I) Vh`` for ``matrix = U diag(S) Vh``: same singular vectors,
-    every singular value replaced by their mean, i.e. ``(||M||_* / r) polar(M)``.
+def flat_spectrum(matrix: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
+    """``U_r (mean(S_r) I) Vh_r`` for the rank-revealing SVD ``matrix = U_r diag(S_r) Vh_r``
+    (:func:`~pactframe.linalg.truncated_svd`): the same singular vectors, every
+    NON-ZERO singular value replaced by their mean, i.e. ``(||M||_* / rank(M))``
+    times the polar factor of ``M`` on its range. The null spaces stay null.
 
-    Shape ``(m, n)`` in and out, ``r = min(m, n)``; exact SVD in the working
-    dtype (float32 for half inputs), returned in ``matrix``'s dtype.
+    ``rank(M)`` is the numerical rank: singular values ``sigma <= sigma_max * rtol``
+    count as zero, ``rtol`` defaulting to ``max(m, n) * eps`` of the working dtype
+    (:func:`~pactframe.linalg.rank_rtol`). For a matrix of full rank ``min(m, n)``
+    this is exactly the authors' ``U (mean(S) I) Vh``. A zero matrix gives zero.
+    Shape ``(m, n)`` in and out; exact SVD in the working dtype (float32 for half
+    inputs), returned in ``matrix``'s dtype.
     """
-    U, S, Vh = torch.linalg.svd(as_working(matrix), full_matrices=False)
+    U, S, Vh = truncated_svd(matrix, rtol)
+    if S.numel() == 0:
+        return torch.zeros_like(matrix)
     return (S.mean() * (U @ Vh)).to(matrix.dtype)
 
 
@@ -39,9 +47,21 @@ class IsoC(Merger):
     Task-Specific Subspaces", ICML 2025 (arXiv 2502.04959), Sec. 4, Iso-C: the spectrum of the
     summed task matrix ``M = sum_t Delta_t`` is flattened to its mean, so every
     direction of the common subspace gets the same weight. Equivalently
-    ``(||M||_* / r) U Vh`` with ``r = min(m, n)``: the nuclear norm of ``M`` is
-    preserved. Authors' code ``danielm1405/iso-merging`` ``src/utils/iso.py``
+    ``(||M||_* / r) U Vh`` with ``r = min(m, n)`` for a full-rank sum (``rank(M)``
+    in general, below): the nuclear norm of ``M`` is preserved. Authors' code
+    ``danielm1405/iso-merging`` ``src/utils/iso.py``
     (same in FusionBench ``isotropic_merging/iso_utils.py::iso_c``).
+
+    Rank-deficient sums: only the numerical range of ``M`` is flattened
+    (:func:`flat_spectrum`, tolerance ``sigma > sigma_max max(m, n) eps``), and the
+    mean is over the non-zero singular values, so the nuclear norm of ``M`` is
+    preserved and the merged delta's row and column spaces are those of ``M``.
+    The authors' code gives ``mean(S)`` also to the null directions, whose
+    singular vectors are arbitrary (LAPACK-dependent); after PACT with ``T >= 3``
+    tasks the sum is rank-deficient (its right null space is the protected
+    pre-trained core), and that fill put a large share of the merge into the
+    core and made the result change by O(1) under 1e-12 perturbations
+    (``docs/mergers/iso_c.md``). On full-rank sums nothing changes.
 
     Scaling convention: SUM (the SVD is of the sum of the task vectors);
     ``scaling`` is the paper's ``alpha`` (grid 0.1..3.0 on validation; FusionBench

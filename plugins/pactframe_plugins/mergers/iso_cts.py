@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working
+from pactframe.linalg import as_working, derived_rtol, numerical_rank, rank_rtol
 from pactframe.validation import real
 from pactframe_plugins.mergers._common import (
     fallback_field,
@@ -16,7 +16,7 @@ from pactframe_plugins.mergers._common import (
     from_linear_layout,
     linear_layout,
     merge_with_fallback,
-    polar_factor,
+    polar_in_span,
     require_float,
 )
 from pactframe_plugins.mergers.average import WeightAveraging
@@ -61,9 +61,27 @@ class IsoCTS(Merger):
     ``f = 1`` (or ``T = 1``) gives Iso-C. Transposed layouts (``input_axis = 0``)
     are viewed as ``(d_out, d_in)``, so the common space is always the output side.
 
+    Rank-revealing (``docs/mergers/iso_cts.md``): every step acts inside the
+    numerical rank: the common space keeps at most ``rank(M)`` directions
+    (``sigma > sigma_max(M) max(m, n) eps``), task ``t`` only the residual
+    directions with ``sigma > sqrt(eps) ||Delta_t||_2`` (the residual is computed
+    with ``U_c`` from another SVD, whose error ``eps sigma_max(M) / gap`` can far
+    exceed ``max(m, n) eps``; :func:`pactframe.linalg.derived_rtol`), so a
+    residual that is rounding noise contributes nothing,
+    the mean runs over the kept singular values only, and both stacks are
+    orthogonalised on their span
+    (:func:`~pactframe_plugins.mergers._common.polar_in_span`). Null directions
+    of a rank-deficient sum (after PACT with ``T >= 3``) or residual are left
+    null instead of being filled with arbitrary LAPACK vectors at full weight.
+    On generic full-rank inputs the result is the authors' exactly; when a stack
+    is rank-deficient the output's non-zero singular values are
+    ``mean(sigma_hat)`` times cosines of the angles between the two stacks' slot
+    spaces (all equal to ``mean(sigma_hat)`` when only one side is deficient).
+
     ``scaling`` is the paper's ``alpha`` (default 1.0 as FusionBench). Tensors that
     are not matrices go to ``fallback`` (default: mean of the task vectors),
-    multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs.
+    multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs
+    and ``T`` spectral norms.
     """
 
     name: ClassVar[str] = "iso_cts"
@@ -88,19 +106,27 @@ class IsoCTS(Merger):
         deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
         rank = min(deltas[0].shape)
         common, per_task = subspace_sizes(rank, len(deltas), self.common_space_fraction)
-        U, S, Vh = torch.linalg.svd(torch.stack(deltas).sum(dim=0), full_matrices=False)
+        summed = torch.stack(deltas).sum(dim=0)
+        U, S, Vh = torch.linalg.svd(summed, full_matrices=False)
+        common = min(common, numerical_rank(S, rank_rtol(summed.shape, summed.dtype)))
+        residual_rtol = derived_rtol(summed.shape, summed.dtype)
         u_common = U[:, :common]
         us, ss, vhs = [], [], []
         for delta_t in deltas:
             residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
             u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
-            us.append(u_t[:, :per_task])
-            ss.append(s_t[:per_task])
-            vhs.append(vh_t[:per_task])
-        u_perp = polar_factor(torch.cat([*us, u_common], dim=1))
-        vh_perp = polar_factor(torch.cat([*vhs, Vh[:common]], dim=0))
-        mean_sigma = torch.cat([*ss, S[:common]]).mean()
-        merged = self.scaling * mean_sigma * (u_perp @ vh_perp)
+            scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
+            keep = min(per_task, numerical_rank(s_t, residual_rtol, scale))
+            us.append(u_t[:, :keep])
+            ss.append(s_t[:keep])
+            vhs.append(vh_t[:keep])
+        sigma_hat = torch.cat([*ss, S[:common]])
+        if sigma_hat.numel() == 0:
+            merged = torch.zeros_like(summed)
+        else:
+            u_perp = polar_in_span(torch.cat([*us, u_common], dim=1))
+            vh_perp = polar_in_span(torch.cat([*vhs, Vh[:common]], dim=0))
+            merged = self.scaling * sigma_hat.mean() * (u_perp @ vh_perp)
         delta = from_linear_layout(merged, axis).to(bundle.base.dtype)
         sizes = {"rule": "iso_cts", "common_dims": common, "dims_per_task": per_task}
         return MergedTensor(delta, records=(Record(self.name, sizes),))

@@ -25,8 +25,11 @@ HISTOGRAM_BINS = 1 << (31 - _DROPPED_MANTISSA_BITS)
 
 
 def keep_count(keep_fraction: float, total: int) -> int:
-    """``ceil(keep_fraction * total)``, computed exactly on the decimal value given
-    (so ``0.7 * 10`` keeps 7, not 8 through binary rounding)."""
+    """``ceil(keep_fraction * total)``, computed exactly on the decimal value given.
+
+    Binary rounding would otherwise add one: ``0.07 * 100`` is
+    ``7.000000000000001`` in floating point, so ``math.ceil`` of the float product
+    keeps 8, while 7% of 100 entries is 7 (and so is this function's result)."""
     return math.ceil(Fraction(repr(float(keep_fraction))) * total)
 
 

@@ -8,13 +8,13 @@ import attrs
 import torch
 
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working
+from pactframe.linalg import truncated_svd
 from pactframe.validation import one_of, real
 from pactframe_plugins.mergers._common import (
     fallback_field,
     float_support_reason,
     merge_with_fallback,
-    polar_factor,
+    polar_in_span,
     require_float,
 )
 from pactframe_plugins.mergers.average import WeightAveraging
@@ -64,10 +64,24 @@ class TSVM(Merger):
     ``scaling`` is the paper's ``alpha`` (validation grid 0.1..3.0; FusionBench
     ``alpha`` default 1.0, ours too).
 
+    Rank-revealing (``docs/mergers/tsv_m.md``): step 1 keeps at most the
+    numerical rank of ``Delta_t`` (``sigma > sigma_max(Delta_t) max(m, n) eps``),
+    and step 3 is the polar factor on the numerical range of the stack
+    (:func:`~pactframe_plugins.mergers._common.polar_in_span`, the partial
+    isometry ``U_r Vh_r``; directions of the stack with singular value at most
+    ``sqrt(eps)`` are coincident bases, not new directions). The authors' code
+    lets the arbitrary (LAPACK-dependent) singular vectors of a task vector of
+    rank below its budget, and the arbitrary completion of a rank-deficient
+    stack (identical tasks, ``{D, -D}``, every task filtered off the same
+    pre-trained core by PACT), into the polar factors: such results change by
+    O(1) under 1e-12 perturbations and can write outside the tasks' spans
+    (``{D, -D}`` gave a non-zero merge). Here the merged delta's row and column
+    spaces lie in the span of the task vectors' ones, ``{D, -D}`` merges to 0
+    and ``{D, D}`` to ``D``'s top ``k`` triplets. On generic full-rank inputs
+    (stacks of full column rank) the result is the authors' exactly.
+
     Tensors that are not matrices go to ``fallback`` (default: mean of the task
-    vectors), multiplied by ``scaling``, as in the authors' code. A task vector
-    of rank below its budget makes its trailing singular vectors arbitrary
-    (LAPACK-dependent) and they do enter the polar factor, as in the original.
+    vectors), multiplied by ``scaling``, as in the authors' code.
     Cost: ``T + 2`` exact SVDs per matrix.
     """
 
@@ -95,12 +109,17 @@ class TSVM(Merger):
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
         us, ss, vhs = [], [], []
         for delta_t, k in zip(bundle.task_vectors, ranks):
-            U, S, Vh = torch.linalg.svd(as_working(delta_t), full_matrices=False)
+            U, S, Vh = truncated_svd(delta_t)  # k_t is clipped to rank(Delta_t)
             us.append(U[:, :k])
             ss.append(S[:k])
             vhs.append(Vh[:k])
-        u_perp = polar_factor(torch.cat(us, dim=1))
-        vh_perp = polar_factor(torch.cat(vhs, dim=0))
+        kept = [int(s.numel()) for s in ss]
+        if sum(kept) < sum(ranks):
+            record = Record(self.name, {"rule": "tsv_m", "task_ranks": ranks, "kept_ranks": kept})
+        if sum(kept) == 0:
+            return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
+        u_perp = polar_in_span(torch.cat(us, dim=1))
+        vh_perp = polar_in_span(torch.cat(vhs, dim=0))
         merged = (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp
         delta = (self.scaling * merged).to(bundle.base.dtype)
         return MergedTensor(delta, records=(record,))

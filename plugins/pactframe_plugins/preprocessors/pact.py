@@ -29,7 +29,7 @@ from pactframe import (
     param,
 )
 from pactframe.errors import InputError, InvalidParameterError
-from pactframe.linalg import as_working, orth
+from pactframe.linalg import as_working, numerical_rank, orth, rank_rtol, unit_scale_rtol
 from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import integer, one_of, regex
@@ -75,11 +75,7 @@ def leading_basis(factorization: Factorization, side: str) -> torch.Tensor:
     Returns ``V_r`` ``(n, r)`` for ``side == "right"``, ``U_r`` ``(m, r)`` for ``"left"``.
     """
     s = factorization.S
-    if s.numel() == 0 or float(s[0]) == 0.0:
-        keep = 0
-    else:
-        m, n = factorization.shape
-        keep = int((s > s[0] * max(m, n) * torch.finfo(s.dtype).eps).sum())
+    keep = numerical_rank(s, rank_rtol(factorization.shape, s.dtype))
     if side == "right":
         return factorization.right_basis(keep)
     return factorization.left_basis(keep)
@@ -104,13 +100,12 @@ def orth_unit_scale(matrix: torch.Tensor) -> torch.Tensor:
     d, c = matrix.shape
     if c == 0:
         return matrix.new_zeros((d, 0))
-    eps = torch.finfo(matrix.dtype).eps
-    floor = math.sqrt(eps)
     gram = matrix.transpose(0, 1) @ matrix
     sigma_max = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
-    if sigma_max <= floor:
+    rtol = unit_scale_rtol(sigma_max, matrix.shape, matrix.dtype)
+    if rtol >= 1.0:  # sigma_max itself is at or below the sqrt(eps) floor
         return matrix.new_zeros((d, 0))
-    return orth(matrix, rtol=max(floor / sigma_max, max(d, c) * eps))
+    return orth(matrix, rtol=rtol)
 
 
 def relied_subspace(
@@ -153,12 +148,20 @@ def protect_bases(relied: Sequence[torch.Tensor], *, basis: str = "svd") -> list
 
 
 def remove_right(delta: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``Delta - (Delta Q) Q^T``: remove the input-side (row-space) part in ``range(Q)``."""
+    """``Delta - (Delta Q) Q^T``: remove the input-side (row-space) part in ``range(Q)``.
+
+    When ``Q`` spans the whole input space the result is exactly 0 (not the
+    rounding residue of the subtraction, whose direction would be noise)."""
+    if q.shape[1] == delta.shape[1]:
+        return torch.zeros_like(delta)
     return delta - (delta @ q) @ q.transpose(0, 1)
 
 
 def remove_left(delta: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``Delta - Q (Q^T Delta)``: remove the output-side (column-space) part in ``range(Q)``."""
+    """``Delta - Q (Q^T Delta)``: remove the output-side (column-space) part in ``range(Q)``
+    (exactly 0 when ``Q`` spans the whole output space, as :func:`remove_right`)."""
+    if q.shape[1] == delta.shape[0]:
+        return torch.zeros_like(delta)
     return delta - q @ (q.transpose(0, 1) @ delta)
 
 

@@ -177,6 +177,7 @@ def damped_covariance(
     mode: str = "relative",
     tolerance: float = 0.05,
     max_doublings: int = 60,
+    check: str = "strict",
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Regularise an input covariance until it inverts accurately.
 
@@ -197,6 +198,11 @@ def damped_covariance(
 
     ``eps`` starts at ``damping`` and doubles, so it always lies in
     ``{damping * 2^j}``. Computed in float64 (symmetrised first).
+
+    ``check="released"`` accepts ``eps`` as the released PAVE code does: only the
+    one-sided residual ``||C_reg C_reg^-1 - I||_F < tolerance``, computed in
+    float32, with no Cholesky and no rounding-floor test (docs/pave.md, "Damping:
+    three differences"); the returned ``C_reg`` and inverse are still float64.
 
     Returns ``(C_reg, C_reg^-1, eps)`` in float64.
     """
@@ -222,9 +228,16 @@ def damped_covariance(
         scale = 1.0
     else:
         raise InputError(f"Damping mode must be 'relative' or 'absolute'; got {mode!r}.")
+    if check not in ("strict", "released"):
+        raise InputError(f"Damping check must be 'strict' or 'released'; got {check!r}.")
     eps = float(damping)
     for _ in range(max_doublings):
         c_reg = c + (eps * scale) * eye
+        if check == "released":
+            if _released_residual(c_reg) < tolerance:
+                return c_reg, torch.linalg.inv(c_reg), eps
+            eps *= 2.0
+            continue
         _, not_pd = torch.linalg.cholesky_ex(c_reg)
         if int(not_pd) == 0:
             try:
@@ -238,6 +251,18 @@ def damped_covariance(
         f"The covariance could not be regularised to an accurate inverse after {max_doublings} "
         f"doublings of the damping (last eps {eps:g}); it is likely corrupt."
     )
+
+
+def _released_residual(matrix: torch.Tensor) -> float:
+    """``||A A^-1 - I||_F`` in float32 (the released PAVE code's test; inf if singular)."""
+    a = matrix.to(torch.float32)
+    try:
+        inv = torch.linalg.inv(a)
+    except RuntimeError:
+        return math.inf
+    eye = torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
+    value = float(torch.linalg.matrix_norm(a @ inv - eye))
+    return value if math.isfinite(value) else math.inf
 
 
 def _inverse_residual(matrix: torch.Tensor, inverse: torch.Tensor, eye: torch.Tensor) -> float:

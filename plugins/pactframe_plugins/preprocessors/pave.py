@@ -157,11 +157,13 @@ class PAVEPurifier(Preprocessor):
 
     def _spectra(self, bundle: LayerBundle) -> dict[int, torch.Tensor]:
         """Singular values of ``W_ft M`` for each task with a covariance (the prepass)."""
-        return {t: f for t, f in self._decompose(bundle, spectra_only=True).items()}  # type: ignore[misc]
+        out = self._decompose(bundle, spectra_only=True)
+        return {t: v for t, v in out.items() if isinstance(v, torch.Tensor)}
 
     def _factorizations(self, bundle: LayerBundle) -> dict[int, Factorization]:
         """Full factorization of ``W_ft`` (as ``(d_out, d_in)``) for each task with a covariance."""
-        return self._decompose(bundle, spectra_only=False)  # type: ignore[return-value]
+        out = self._decompose(bundle, spectra_only=False)
+        return {t: v for t, v in out.items() if isinstance(v, Factorization)}
 
     def _decompose(
         self, bundle: LayerBundle, *, spectra_only: bool

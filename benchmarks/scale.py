@@ -223,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--shapes", default="1024x8,2048x2", help="hidden x layers, comma list")
     parser.add_argument("--tasks", default="3,8", help="numbers of fine-tuned models")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        help=f"from {', '.join(METHODS)}; 'name:variant' runs one variant only (in this order)",
+    )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads per worker")
@@ -255,26 +260,33 @@ def main(argv: list[str] | None = None) -> int:
             print("| method | variant | wall s | x TA | peak RSS MiB | x TA | load1 |")
             print("|---|---|---|---|---|---|---|")
             ta: dict | None = None
-            for method in args.methods:
+            cases = []
+            for token in args.methods:
+                method, _, only = token.partition(":")
+                if method not in METHODS or only not in ("", *VARIANTS):
+                    raise SystemExit(f"unknown method {token!r}; use {METHODS}[:exact|efficient]")
                 variants = ["exact"] if method in ("ta", "ties") else args.variants
-                for variant in variants:
-                    cfg = method_config(method, variant, folder, tasks, args.device)
-                    row = run_case(cfg, args.work, args.threads)
-                    row.update(method=method, variant=variant, hidden=hidden, layers=layers,
-                               tasks=tasks, load1=load1())
-                    if method == "ta":
-                        ta = row
-                    if ta is not None:
-                        row["time_x_ta"] = row["wall_s"] / ta["wall_s"]
-                        row["rss_x_ta"] = row["peak_rss_mib"] / ta["peak_rss_mib"]
-                    results.append(row)
-                    per_layer.setdefault((method, variant, tasks), {})[hidden] = (
-                        row["wall_s"] / layers
-                    )
-                    print(f"| {method} | {variant} | {row['wall_s']:.1f} | "
-                          f"{row.get('time_x_ta', float('nan')):.1f} | "
-                          f"{row['peak_rss_mib']:.0f} | {row.get('rss_x_ta', float('nan')):.2f} "
-                          f"| {row['load1']:.1f} |", flush=True)
+                cases += [(method, v) for v in ([only] if only else variants)]
+            for method, variant in cases:
+                cfg = method_config(method, variant, folder, tasks, args.device)
+                row = run_case(cfg, args.work, args.threads)
+                row.update(method=method, variant=variant, hidden=hidden, layers=layers,
+                           tasks=tasks, load1=load1())
+                if method == "ta":
+                    ta = row
+                if ta is not None:
+                    row["time_x_ta"] = row["wall_s"] / ta["wall_s"]
+                    row["rss_x_ta"] = row["peak_rss_mib"] / ta["peak_rss_mib"]
+                results.append(row)
+                per_layer.setdefault((method, variant, tasks), {})[hidden] = (
+                    row["wall_s"] / layers
+                )
+                print(f"| {method} | {variant} | {row['wall_s']:.1f} | "
+                      f"{row.get('time_x_ta', float('nan')):.1f} | "
+                      f"{row['peak_rss_mib']:.0f} | {row.get('rss_x_ta', float('nan')):.2f} "
+                      f"| {row['load1']:.1f} |", flush=True)
+                if args.json:  # after every case, so an interrupted run keeps its rows
+                    args.json.write_text(json.dumps({"results": results}, indent=1))
     extrapolated = {}
     for (method, variant, tasks), times in per_layer.items():
         total = extrapolate(times)

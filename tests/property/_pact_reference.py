@@ -67,6 +67,31 @@ def np_protect_projectors(
     return out
 
 
+def np_subspace_singular_values(
+    base: np.ndarray, deltas: list[np.ndarray], K: int, k: int, side: str = "right"
+) -> np.ndarray:
+    """Every singular value PACT's rank decisions look at, densely: those of each relied
+    residual ``(I - V_tk V_tk^T) V_0K`` and of each union ``concat_{i != j} V_rel_i``.
+
+    The spectral gaps of ``W_0`` and ``Delta_t`` do not bound these from below: they
+    depend on the angles between the tasks' top subspaces and the core, and one of
+    them can land anywhere (1.3e-4 in a 42 x 49 example), where float32 and float64
+    legitimately decide the rank differently."""
+    v0 = np_top_basis(base, K, side)
+    values = []
+    relied = []
+    for d in deltas:
+        vt = np_top_basis(d, k, side)
+        residual = v0 - vt @ (vt.T @ v0)
+        values.append(np.linalg.svd(residual, compute_uv=False))
+        relied.append(np_orth(residual))
+    for j in range(len(deltas)):
+        others = [r for i, r in enumerate(relied) if i != j]
+        if others:
+            values.append(np.linalg.svd(np.concatenate(others, axis=1), compute_uv=False))
+    return np.concatenate(values) if values else np.zeros(0)
+
+
 def np_pact(
     base: np.ndarray, deltas: list[np.ndarray], K: int, k: int, side: str = "right"
 ) -> list[np.ndarray]:

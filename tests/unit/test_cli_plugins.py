@@ -21,7 +21,12 @@ from pactframe.errors import DuplicateComponentError
 DOCUMENTED = {
     "exact_svd": {},
     "randomized_svd": {"oversampling": 10, "power_iterations": 2, "seed": 0},
-    "co_svd": {"damping": 0.01, "damping_mode": "relative", "tolerance": 0.05},
+    "co_svd": {
+        "damping": 0.01,
+        "damping_mode": "relative",
+        "tolerance": 0.05,
+        "damping_check": "strict",
+    },
 }
 
 

@@ -169,3 +169,45 @@ def test_polar_in_span_is_the_polar_factor_at_full_rank_and_a_partial_isometry_o
     noisy = np.concatenate([q, q + 1e-14 * rng.standard_normal((7, 1))], axis=1)
     p_noisy = polar_in_span(torch.from_numpy(noisy), unit_scale=True).numpy()
     assert np.allclose(p_noisy, expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(9, 6), (6, 9), (7, 7)])
+def test_gram_svd_matches_numpy_svd_on_full_rank_and_reveals_a_low_rank(shape):
+    """The Gram route's (U, S, Vh) against numpy's SVD: same singular values, U and Vh
+    orthonormal, U S Vh = A; a rank-2 product keeps exactly 2 triplets; zero -> rank 0."""
+    from pactframe.linalg import gram_polar_in_span, gram_svd
+
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal(shape)
+    U, S, Vh = gram_svd(torch.from_numpy(a))
+    r = min(shape)
+    assert U.shape == (shape[0], r) and Vh.shape == (r, shape[1])
+    assert np.allclose(S.numpy(), np.linalg.svd(a, compute_uv=False), rtol=1e-10)
+    assert np.allclose((U * S).numpy() @ Vh.numpy(), a, atol=1e-10)
+    assert np.allclose(U.T.numpy() @ U.numpy(), np.eye(r), atol=1e-10)
+    assert np.allclose(Vh.numpy() @ Vh.T.numpy(), np.eye(r), atol=1e-10)
+    u, _, vh = np.linalg.svd(a, full_matrices=False)
+    assert np.allclose(gram_polar_in_span(torch.from_numpy(a)).numpy(), u @ vh, atol=1e-10)
+    low = rng.standard_normal((shape[0], 2)) @ rng.standard_normal((2, shape[1]))
+    U2, S2, Vh2 = gram_svd(torch.from_numpy(low))
+    assert S2.shape == (2,) and np.allclose((U2 * S2).numpy() @ Vh2.numpy(), low, atol=1e-10)
+    zero = gram_svd(torch.zeros(shape, dtype=torch.float64))
+    assert [tuple(x.shape) for x in zero] == [(shape[0], 0), (0,), (0, shape[1])]
+
+
+def test_gram_route_float32_keeps_the_rank_decisions_of_the_exact_svd():
+    """float32 input with singular values down to 1e-3 of the largest (above float32's
+    rank tolerance 64 * 1.2e-7): the float64 Gram route keeps all 48 directions, as the
+    exact SVD does, and its polar factor agrees with numpy's to float32 accuracy."""
+    from pactframe.linalg import gram_polar_in_span, gram_svd
+
+    rng = np.random.default_rng(4)
+    q1 = np.linalg.qr(rng.standard_normal((64, 48)))[0]
+    q2 = np.linalg.qr(rng.standard_normal((48, 48)))[0]
+    a = ((q1 * np.logspace(0, -3, 48)) @ q2.T).astype(np.float32)
+    _, S, _ = gram_svd(torch.from_numpy(a))
+    assert S.dtype == torch.float32 and S.shape == (48,)
+    assert int(truncated_svd(torch.from_numpy(a))[1].shape[0]) == 48
+    u, _, vh = np.linalg.svd(a.astype(np.float64), full_matrices=False)
+    p = gram_polar_in_span(torch.from_numpy(a)).numpy()
+    assert np.abs(p - u @ vh).max() <= 1e-3

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from pactframe_plugins.decomposers.randomized_svd import RandomizedSVD
+from pactframe_plugins.mergers._common import resolve_route
 from pactframe_plugins.mergers.iso_c import IsoC
 from pactframe_plugins.mergers.iso_cts import IsoCTS
 from pactframe_plugins.mergers.pact_presets import (
@@ -71,7 +72,16 @@ def test_efficient_pact_tsvm_is_one_short_config():
     )
     assert isinstance(merger, PACTTSVM)
     assert isinstance(merger.aligner.decomposer, RandomizedSVD)
-    assert merger.merger == TSVM(scaling=1.0)
+    # the same decomposer reaches the backbone: Efficient PACT end to end (issue 13)
+    assert merger.merger == TSVM(scaling=1.0, decomposer=RandomizedSVD())
+    assert resolve_route(merger.merger.route, merger.merger.decomposer) == "gram"
+
+
+@pytest.mark.parametrize("name", ["pact_tsv_m", "pact_iso_c", "pact_iso_cts"])
+def test_preset_decomposer_is_one_parameter_shared_by_pact_and_backbone(name):
+    merger = build_registry().build("merger", {"name": name, "decomposer": "randomized_svd"})
+    assert [p.name for p in type(merger).parameters()].count("decomposer") == 1
+    assert merger.aligner.decomposer == merger.merger.decomposer == RandomizedSVD()
 
 
 def test_presets_are_registered_under_the_paper_names():

@@ -51,9 +51,20 @@ class ContextOrientedSVD(CovarianceWeightedSVD):
         help="stop when ||C_reg C_reg^-1 - I||_F < this",
     )
 
+    damping_check: str = param(
+        "strict",
+        validator=one_of(("strict", "released")),
+        help="'strict': two-sided float64 residual, Cholesky and rounding-floor checks; "
+        "'released': the PAVE code's one-sided float32 residual (docs/pave.md)",
+    )
+
     def weighting(self, covariance: torch.Tensor) -> Weighting:
         c_reg, inv, _ = damped_covariance(
-            covariance, damping=self.damping, mode=self.damping_mode, tolerance=self.tolerance
+            covariance,
+            damping=self.damping,
+            mode=self.damping_mode,
+            tolerance=self.tolerance,
+            check=self.damping_check,
         )
         return (lambda w: w @ c_reg), (lambda vh: vh @ inv)
 

@@ -19,9 +19,17 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe import LayerBundle, MergedTensor, Merger, Record
+from pactframe import Decomposer, LayerBundle, MergedTensor, Merger, Record, param
 from pactframe.errors import InputError, InvalidParameterError
+from pactframe.linalg import gram_polar_in_span
 from pactframe.linalg import polar_in_span as linalg_polar_in_span
+from pactframe.validation import one_of
+
+#: How the SVD backbones (tsv_m, iso_c, iso_cts) orthogonalise and flatten:
+#: ``exact`` = full SVDs (the authors' formulas), ``gram`` = eigh of the float64
+#: Gram matrix of the smaller side, ``auto`` = exact with the ``exact_svd``
+#: decomposer, gram with any other (``randomized_svd``: efficient end to end).
+ROUTES = ("auto", "exact", "gram")
 
 
 def float_support_reason(bundle: LayerBundle) -> str | None:
@@ -104,6 +112,34 @@ def polar_in_span(stack: torch.Tensor) -> torch.Tensor:
     Half-precision input is computed in float32.
     """
     return linalg_polar_in_span(stack, unit_scale=True)
+
+
+def stack_polar(stack: torch.Tensor, route: str) -> torch.Tensor:
+    """:func:`polar_in_span` (``route="exact"``) or its Gram-route equivalent
+    :func:`pactframe.linalg.gram_polar_in_span` (``route="gram"``; same rank rule,
+    cheaper, docs/mergers/index.md)."""
+    if route == "gram":
+        return gram_polar_in_span(stack, unit_scale=True)
+    return polar_in_span(stack)
+
+
+def route_field() -> Any:
+    """The ``route`` parameter of the SVD backbones (see :data:`ROUTES`)."""
+    return param(
+        "auto",
+        validator=one_of(ROUTES),
+        help="'exact': full SVDs for orthogonalisation/flattening (the authors' formulas); "
+        "'gram': eigh of the float64 Gram matrix of the smaller side (cheaper, same rank "
+        "rule for half/float32 inputs; docs/mergers/index.md); 'auto': exact with "
+        "decomposer exact_svd, gram otherwise",
+    )
+
+
+def resolve_route(route: str, decomposer: Decomposer) -> str:
+    """``"exact"`` or ``"gram"``: ``auto`` follows the decomposer (exact only for ``exact_svd``)."""
+    if route != "auto":
+        return route
+    return "exact" if decomposer.name == "exact_svd" else "gram"
 
 
 def linear_layout(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:

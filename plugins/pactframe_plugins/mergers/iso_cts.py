@@ -7,20 +7,34 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import as_working, derived_rtol, numerical_rank, rank_rtol
+from pactframe import (
+    Decomposer,
+    LayerBundle,
+    MergedTensor,
+    Merger,
+    Record,
+    component_field,
+    hookimpl,
+    param,
+)
+from pactframe.linalg import as_working, derived_rtol, gram_svd, numerical_rank
+from pactframe.seeding import generator
 from pactframe.types import LowRank
 from pactframe.validation import real
+from pactframe_plugins.decomposers.exact_svd import ExactSVD
 from pactframe_plugins.mergers._common import (
     fallback_field,
     float_support_reason,
     from_linear_layout,
     linear_layout,
     merge_with_fallback,
-    polar_in_span,
     require_float,
+    resolve_route,
+    route_field,
+    stack_polar,
 )
 from pactframe_plugins.mergers.average import WeightAveraging
+from pactframe_plugins.preprocessors.pact import check_orthonormal_decomposer
 
 
 def subspace_sizes(rank: int, num_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -64,7 +78,7 @@ class IsoCTS(Merger):
 
     Rank-revealing (``docs/mergers/iso_cts.md``): every step acts inside the
     numerical rank: the common space keeps at most ``rank(M)`` directions
-    (``sigma > sigma_max(M) max(m, n) eps``), task ``t`` only the residual
+    (``sigma > sigma_max(M) max(sqrt(eps), max(m, n) eps)``, as Iso-C), task ``t`` only the residual
     directions with ``sigma > sqrt(eps) ||Delta_t||_2`` (the residual is computed
     with ``U_c`` from another SVD, whose error ``eps sigma_max(M) / gap`` can far
     exceed ``max(m, n) eps``; :func:`pactframe.linalg.derived_rtol`), so a
@@ -82,7 +96,15 @@ class IsoCTS(Merger):
     ``scaling`` is the paper's ``alpha`` (default 1.0 as FusionBench). Tensors that
     are not matrices go to ``fallback`` (default: mean of the task vectors),
     multiplied by ``scaling``, as in the authors' code. Cost: ``T + 3`` exact SVDs
-    and ``T`` spectral norms.
+    and ``T`` spectral norms with the defaults.
+
+    Routes (``docs/mergers/iso_cts.md``): the residuals' top ``s`` triplets come
+    from ``decomposer`` (task ``t`` seeded with ``generator(seed, "iso_cts", t)``);
+    ``route`` decides the SVD of the sum (its top ``c`` of ``r`` directions: a
+    sketch would cost as much as the SVD) and the two polar factors: ``exact``
+    = SVDs (the authors'), ``gram`` = float64 Gram eigendecompositions
+    (:func:`pactframe.linalg.gram_svd`, same rank rule for half/float32 inputs);
+    ``auto`` = exact with ``exact_svd``, gram otherwise.
 
     When every task vector is factored (LoRA adapters, docs/lora.md) the sum and
     the residuals ``(B_t - U_c U_c^T B_t) A_t`` stay factored (QR + small SVDs) and
@@ -99,6 +121,15 @@ class IsoCTS(Merger):
         "sum (rest split equally between tasks); FusionBench common_space_fraction",
     )
     fallback: Merger = fallback_field(WeightAveraging())
+    decomposer: Decomposer = component_field(
+        "decomposer",
+        ExactSVD(),
+        help="the residuals' top-s triplets: 'exact_svd' (the authors') or 'randomized_svd'",
+    )
+    route: str = route_field()
+
+    def __attrs_post_init__(self) -> None:
+        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
 
     def supports(self, bundle: LayerBundle) -> str | None:
         return float_support_reason(bundle)
@@ -110,6 +141,7 @@ class IsoCTS(Merger):
         axis = bundle.input_axis
         factored = bundle.factored_task_vectors
         T = bundle.num_tasks
+        route = resolve_route(self.route, self.decomposer)
         lin: list[LowRank] = []
         deltas: list[torch.Tensor] = []
         if all(f is not None for f in factored):  # LoRA task vectors: SVDs from the factors
@@ -128,10 +160,13 @@ class IsoCTS(Merger):
             deltas = [as_working(linear_layout(d, axis)) for d in bundle.task_vectors]
             summed = torch.stack(deltas).sum(dim=0)
             shape, dtype = summed.shape, summed.dtype
-            U, S, Vh = torch.linalg.svd(summed, full_matrices=False)
+            if route == "gram":
+                U, S, Vh = gram_svd(summed)  # already clipped to the numerical rank
+            else:
+                U, S, Vh = torch.linalg.svd(summed, full_matrices=False)
         rank = min(shape)
         common, per_task = subspace_sizes(rank, T, self.common_space_fraction)
-        common = min(common, numerical_rank(S, rank_rtol(shape, dtype)))
+        common = min(common, numerical_rank(S, derived_rtol(shape, dtype)))  # as Iso-C
         residual_rtol = derived_rtol(shape, dtype)
         u_common = U[:, :common]
         us, ss, vhs = [], [], []
@@ -145,7 +180,10 @@ class IsoCTS(Merger):
             else:
                 delta_t = deltas[t]
                 residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
-                u_t, s_t, vh_t = torch.linalg.svd(residual, full_matrices=False)
+                f_t = self.decomposer.decompose(
+                    residual, per_task, generator=generator(bundle.seed, self.name, t)
+                )
+                u_t, s_t, vh_t = f_t.U, f_t.S, f_t.Vh
                 scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
             keep = min(per_task, numerical_rank(s_t, residual_rtol, scale))
             us.append(u_t[:, :keep])
@@ -155,8 +193,8 @@ class IsoCTS(Merger):
         if sigma_hat.numel() == 0:
             merged = torch.zeros(shape, dtype=dtype, device=bundle.base.device)
         else:
-            u_perp = polar_in_span(torch.cat([*us, u_common], dim=1))
-            vh_perp = polar_in_span(torch.cat([*vhs, Vh[:common]], dim=0))
+            u_perp = stack_polar(torch.cat([*us, u_common], dim=1), route)
+            vh_perp = stack_polar(torch.cat([*vhs, Vh[:common]], dim=0), route)
             merged = self.scaling * sigma_hat.mean() * (u_perp @ vh_perp)
         delta = from_linear_layout(merged, axis).to(bundle.base.dtype)
         sizes = {"rule": "iso_cts", "common_dims": common, "dims_per_task": per_task}

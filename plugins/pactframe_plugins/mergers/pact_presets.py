@@ -34,6 +34,10 @@ def _init_fields(cls: type) -> list[attrs.Attribute]:
 
 ALIGNER_FIELDS: tuple[str, ...] = tuple(f.name for f in _init_fields(PACTAligner))
 
+#: Parameters PACT and a backbone both have and that a preset passes to both:
+#: ``decomposer`` (``randomized_svd`` makes PACT AND the backbone efficient).
+SHARED_FIELDS: frozenset[str] = frozenset({"decomposer"})
+
 
 class PACTPreset(Merger):
     """PACT (:class:`PACTAligner`) on the bundle, then the ``backbone`` merger.
@@ -75,13 +79,17 @@ class PACTPreset(Merger):
 
 def pact_preset(class_name: str, name: str, backbone: type[Merger], doc: str) -> type[PACTPreset]:
     """A frozen attrs :class:`PACTPreset` subclass named ``name`` whose fields are
-    :class:`PACTAligner`'s followed by ``backbone``'s (same defaults, validators, help)."""
+    :class:`PACTAligner`'s followed by ``backbone``'s (same defaults, validators, help).
+    A field in :data:`SHARED_FIELDS` that both have appears once (PACT's) and
+    reaches both, so ``decomposer: randomized_svd`` is Efficient PACT end to end."""
     if backbone.needs_prepass:
         raise ContractError(
             f"PACT presets need a single-pass backbone; {backbone.name!r} has a prepass."
         )
     fields: dict[str, Any] = {}
     for f in (*_init_fields(PACTAligner), *_init_fields(backbone)):
+        if f.name in fields and f.name in SHARED_FIELDS:
+            continue  # one field, passed to PACT and to the backbone
         if f.name in fields:
             raise ContractError(
                 f"PACT preset {name!r}: the backbone {backbone.name!r} has a parameter "
@@ -107,7 +115,9 @@ def pact_preset(class_name: str, name: str, backbone: type[Merger], doc: str) ->
 _CONVENTION = (
     "Parameters: PACT's (core_rank K = 15, task_rank k = 8, side, decomposer "
     "(exact_svd = PACT, randomized_svd = Efficient PACT), exclude, orth_method), then "
-    "the backbone's. Shapes as the backbone: 2-D weights ``(d_out, d_in)`` are "
+    "the backbone's; ``decomposer`` reaches the backbone too where it has one (tsv_m, "
+    "iso_c, iso_cts: with randomized_svd and route auto the backbone takes its "
+    "efficient route, docs/pact.md). Shapes as the backbone: 2-D weights ``(d_out, d_in)`` are "
     "filtered; other tensors go to the backbone unchanged."
 )
 
@@ -133,7 +143,8 @@ PACTIsoC = pact_preset(
 
     Shi et al., arXiv 2606.18627 (PACT), ``pact_isoc_merge``; Marczak et al.,
     ICML 2025. Cost ``T + 2`` SVDs per matrix (``T + 1`` of them in the PACT step,
-    randomized with ``decomposer: randomized_svd``; the Iso-C SVD stays exact). """
+    randomized with ``decomposer: randomized_svd``, which also moves the Iso-C
+    flattening to the Gram route). """
     + _CONVENTION,
 )
 
@@ -158,7 +169,9 @@ PACTTSVM = pact_preset(
     orthogonalised by polar factors; SUM).
 
     Shi et al., arXiv 2606.18627 (PACT), ``pact_tsvm_merge``; Gargiulo et al.,
-    CVPR 2025. Cost ``2T + 3`` SVDs per matrix (``T + 1`` in the PACT step). The
+    CVPR 2025. Cost ``2T + 3`` SVDs per matrix (``T + 1`` in the PACT step) with
+    ``exact_svd``; with ``randomized_svd`` every one of them is a sketch or a
+    Gram-route eigendecomposition. The
     PACT code splits the ``min(m, n)`` slots with the remainder given to the first
     tasks: ``rank_split: balanced``; the original TSV code is ``floor`` (default). """
     + _CONVENTION,

@@ -7,17 +7,31 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
-from pactframe.linalg import truncated_svd
+from pactframe import (
+    Decomposer,
+    LayerBundle,
+    MergedTensor,
+    Merger,
+    Record,
+    component_field,
+    hookimpl,
+    param,
+)
+from pactframe.linalg import as_working, numerical_rank, rank_rtol
+from pactframe.seeding import generator
 from pactframe.validation import one_of, real
+from pactframe_plugins.decomposers.exact_svd import ExactSVD
 from pactframe_plugins.mergers._common import (
     fallback_field,
     float_support_reason,
     merge_with_fallback,
-    polar_in_span,
     require_float,
+    resolve_route,
+    route_field,
+    stack_polar,
 )
 from pactframe_plugins.mergers.average import WeightAveraging
+from pactframe_plugins.preprocessors.pact import check_orthonormal_decomposer
 
 RANK_SPLITS = ("floor", "balanced")
 
@@ -82,7 +96,16 @@ class TSVM(Merger):
 
     Tensors that are not matrices go to ``fallback`` (default: mean of the task
     vectors), multiplied by ``scaling``, as in the authors' code.
-    Cost: ``T + 2`` exact SVDs per matrix.
+
+    Cost (``docs/mergers/tsv_m.md``, "Cost and routes"): step 1 is one call of
+    ``decomposer`` per task with rank ``k_t`` (``exact_svd``: a full SVD,
+    ``randomized_svd``: a rank-``k_t`` sketch, task ``t`` seeded with
+    ``generator(seed, "tsv_m", t)``); step 3 is ``route``: ``exact`` = two SVDs
+    of the stacks (the authors'), ``gram`` = two ``K x K`` float64
+    eigendecompositions of the stacks' Gram matrices
+    (:func:`pactframe.linalg.gram_polar_in_span`, same rank rule); ``auto``
+    picks exact for ``exact_svd`` and gram otherwise. With the defaults
+    (``exact_svd``, ``auto``) the result is today's exact TSV-M.
 
     Factored task vectors (LoRA adapters, ``bundle.factored_task_vectors``) are
     decomposed from their factors (QR + ``r x r`` SVD, exact,
@@ -102,6 +125,15 @@ class TSVM(Merger):
         "empty (original TSV); 'balanced' = first r mod T tasks get one more (PACT repo)",
     )
     fallback: Merger = fallback_field(WeightAveraging())
+    decomposer: Decomposer = component_field(
+        "decomposer",
+        ExactSVD(),
+        help="per-task top-k_t triplets: 'exact_svd' (the authors') or 'randomized_svd'",
+    )
+    route: str = route_field()
+
+    def __attrs_post_init__(self) -> None:
+        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
 
     def supports(self, bundle: LayerBundle) -> str | None:
         return float_support_reason(bundle)
@@ -114,25 +146,28 @@ class TSVM(Merger):
         record = Record(self.name, {"rule": "tsv_m", "task_ranks": ranks})
         if sum(ranks) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
+        route = resolve_route(self.route, self.decomposer)
         us, ss, vhs = [], [], []
         factored = bundle.factored_task_vectors
         for t, k in enumerate(ranks):
             low_rank = factored[t]
-            if low_rank is not None:  # a LoRA task vector: the same SVD from its factors
-                f = low_rank.truncated_svd()
-                U, S, Vh = f.U, f.S, f.Vh
+            if low_rank is not None:  # a LoRA task vector: the exact SVD from its factors
+                f = low_rank.truncated_svd()  # already clipped to rank(Delta_t)
+                keep = min(k, int(f.S.numel()))
             else:
-                U, S, Vh = truncated_svd(bundle.task_vectors[t])  # k_t clipped to rank(Delta_t)
-            us.append(U[:, :k])
-            ss.append(S[:k])
-            vhs.append(Vh[:k])
+                a = as_working(bundle.task_vectors[t])
+                f = self.decomposer.decompose(a, k, generator=generator(bundle.seed, self.name, t))
+                keep = min(k, numerical_rank(f.S, rank_rtol(a.shape, a.dtype)))  # clip to rank
+            us.append(f.U[:, :keep])
+            ss.append(f.S[:keep])
+            vhs.append(f.Vh[:keep])
         kept = [int(s.numel()) for s in ss]
         if sum(kept) < sum(ranks):
             record = Record(self.name, {"rule": "tsv_m", "task_ranks": ranks, "kept_ranks": kept})
         if sum(kept) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
-        u_perp = polar_in_span(torch.cat(us, dim=1))
-        vh_perp = polar_in_span(torch.cat(vhs, dim=0))
+        u_perp = stack_polar(torch.cat(us, dim=1), route)
+        vh_perp = stack_polar(torch.cat(vhs, dim=0), route)
         merged = (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp
         delta = (self.scaling * merged).to(bundle.base.dtype)
         return MergedTensor(delta, records=(record,))

@@ -28,6 +28,7 @@ from pactframe.linalg import as_working
 from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import one_of, real, regex
+from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, covariance_for
 from pactframe_plugins.decomposers.co_svd import ContextOrientedSVD
 from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
 from pactframe_plugins.preprocessors._rank_allocation import (
@@ -81,10 +82,18 @@ class PAVEPurifier(Preprocessor):
     Tensors that are not matrices, names matching ``exclude``, and tasks with
     no covariance keep the plain task vector; every bundle gets a
     ``Record("pave", ...)`` with the action, ranks, ``R``, ``rho_i`` and the
-    tail energies per task. Cost: one full decomposition per task and tensor
-    in :meth:`preprocess`, and one more in :meth:`prepare` for ``"spectral"``.
-    Computed in the working dtype (half precision in float32), returned in the
-    task vectors' dtype.
+    tail energies per task.
+
+    Cost (``docs/pave.md``, "Cost"): :meth:`prepare` needs the spectra only
+    (singular values of ``W C_reg``, no singular vectors); :meth:`preprocess`
+    does one decomposition per task and tensor. For the covariance-weighted
+    decomposers (``co_svd``, ``asvd``, ``svd_llm``) the damping search and the
+    weighting ``W M`` are computed in float64 (so the damping checks of
+    :func:`pactframe.linalg.damped_covariance` hold as before), the SVD of
+    ``W M`` in ``precision`` (``float32`` by default, about 2-4x cheaper than
+    float64 on CPU; float64 task vectors, e.g. ``compute_dtype: float64``, stay
+    float64; ``precision: float64`` is the previous behaviour for all inputs), and
+    ``Vh M^-1`` in float64. Returned in the task vectors' dtype.
     """
 
     name: ClassVar[str] = "pave"
@@ -109,6 +118,12 @@ class PAVEPurifier(Preprocessor):
         "decomposer",
         ContextOrientedSVD(),
         help="context-aware decomposer: 'co_svd' (PAVE), 'asvd', 'svd_llm'",
+    )
+    precision: str = param(
+        "float32",
+        validator=one_of(("float32", "float64")),
+        help="dtype of the SVD of W C for float32/half task vectors (float64 ones stay "
+        "float64; damping and weighting are float64); float64 = the previous, slower behaviour",
     )
     exclude: str | None = param(
         None,
@@ -140,21 +155,54 @@ class PAVEPurifier(Preprocessor):
             )
         return cov
 
+    def _spectra(self, bundle: LayerBundle) -> dict[int, torch.Tensor]:
+        """Singular values of ``W_ft M`` for each task with a covariance (the prepass)."""
+        out = self._decompose(bundle, spectra_only=True)
+        return {t: v for t, v in out.items() if isinstance(v, torch.Tensor)}
+
     def _factorizations(self, bundle: LayerBundle) -> dict[int, Factorization]:
         """Full factorization of ``W_ft`` (as ``(d_out, d_in)``) for each task with a covariance."""
-        out: dict[int, Factorization] = {}
+        out = self._decompose(bundle, spectra_only=False)
+        return {t: v for t, v in out.items() if isinstance(v, Factorization)}
+
+    def _decompose(
+        self, bundle: LayerBundle, *, spectra_only: bool
+    ) -> dict[int, Factorization | torch.Tensor]:
+        """Per task with a covariance: its Factorization, or (``spectra_only``) its ``S``."""
+        out: dict[int, Factorization | torch.Tensor] = {}
         for t in range(bundle.num_tasks):
             w = as_working(linear_layout(bundle.finetuned(t), bundle.input_axis))
             cov = self._covariance(bundle, t, int(w.shape[1]))
             if cov is None:
                 continue
-            out[t] = self.decomposer.decompose(
+            if isinstance(self.decomposer, CovarianceWeightedSVD):
+                out[t] = self._weighted_svd(w, cov, spectra_only)
+                continue
+            f = self.decomposer.decompose(
                 w,
                 None,
                 covariance=cov if self.decomposer.requires_covariance else None,
                 generator=generator(bundle.seed, self.name, t),
             )
+            out[t] = f.S if spectra_only else f
         return out
+
+    def _weighted_svd(
+        self, w: torch.Tensor, cov: torch.Tensor, spectra_only: bool
+    ) -> Factorization | torch.Tensor:
+        """``W M = U diag(S) Vh`` in ``precision``, ``Vh M^-1`` in float64 (the
+        decomposer's weighting, :class:`CovarianceWeightedSVD`)."""
+        assert isinstance(self.decomposer, CovarianceWeightedSVD)
+        weigh, unweigh = self.decomposer.weighting(
+            covariance_for(self.decomposer.name, w, cov)
+        )
+        wide = self.precision == "float64" or w.dtype == torch.float64
+        dtype = torch.float64 if wide else torch.float32
+        wm = weigh(w.to(torch.float64)).to(dtype)
+        if spectra_only:
+            return torch.linalg.svdvals(wm)
+        U, S, Vh = torch.linalg.svd(wm, full_matrices=False)
+        return Factorization(U, S, unweigh(Vh.to(torch.float64)).to(dtype), orthonormal=False)
 
     # ---------------------------------------------------------------- two-pass API
     def prepare(self, bundles: Iterable[LayerBundle]) -> RankAllocation | None:
@@ -173,10 +221,10 @@ class PAVEPurifier(Preprocessor):
         for bundle in bundles:
             if self.pass_through_reason(bundle) is not None:
                 continue
-            facts = self._factorizations(bundle)
-            tasks = [bundle.task_names[t] for t in facts]
-            layer = allocate_layer([f.S for f in facts.values()], self.rho)
-            full_ranks[bundle.name] = facts[next(iter(facts))].rank
+            spectra = self._spectra(bundle)
+            tasks = [bundle.task_names[t] for t in spectra]
+            layer = allocate_layer(list(spectra.values()), self.rho)
+            full_ranks[bundle.name] = int(next(iter(spectra.values())).shape[0])
             ranks[bundle.name] = dict(zip(tasks, layer))
         return full_ranks, ranks
 

@@ -1,0 +1,58 @@
+"""benchmarks/scale.py (issue 13): the smoke mode runs end to end, and the configs it
+builds select the exact and efficient variants it claims to."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from pactframe import build_registry
+from pactframe.config import parse_config
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
+
+
+def _scale():
+    spec = importlib.util.spec_from_file_location("pf_scale_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_efficient_configs_reach_the_backbone_and_pave_precision(tmp_path):
+    """Efficient PACT-TSVM: randomized_svd in PACT and TSV-M (Gram route); Iso-C efficient
+    takes the Gram route; PAVE's efficient variant is float32, its exact one float64."""
+    scale = _scale()
+    scale.make_checkpoints(tmp_path, hidden=64, layers=1, tasks=2, vocab=128)
+    registry = build_registry()
+
+    def merger(method: str, variant: str):
+        data = scale.method_config(method, variant, tmp_path, 2, "cpu")
+        return parse_config(data, registry=registry).recipe
+
+    recipe = merger("pact_tsv_m", "efficient")
+    assert recipe.merger.aligner.decomposer.name == "randomized_svd"
+    assert recipe.merger.merger.decomposer.name == "randomized_svd"
+    assert merger("pact_tsv_m", "exact").merger.merger.decomposer.name == "exact_svd"
+    assert merger("iso_c", "efficient").merger.route == "gram"
+    assert merger("pave_ta", "efficient").preprocessors[0].precision == "float32"
+    assert merger("pave_ta", "exact").preprocessors[0].precision == "float64"
+    assert scale.intermediate_size(4096) == 11008
+
+
+@pytest.mark.slow
+def test_smoke_mode_writes_ratios_to_ta(tmp_path):
+    out = tmp_path / "scale.json"
+    args = ["--smoke", "--methods", "ta", "pact_iso_c", "--variants", "efficient"]
+    assert _scale().main([*args, "--work", str(tmp_path), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("ta", "exact"),
+        ("pact_iso_c", "efficient"),
+    ]
+    assert rows[0]["time_x_ta"] == 1.0 and rows[1]["time_x_ta"] > 0
+    assert all(r["peak_rss_mib"] > 0 for r in rows)

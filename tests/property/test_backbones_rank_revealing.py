@@ -16,7 +16,7 @@ from unittest import mock
 import attrs
 import numpy as np
 import torch
-from hypothesis import given, note, settings
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 from pactframe_plugins.mergers.iso_c import IsoC
 from pactframe_plugins.mergers.iso_cts import IsoCTS
@@ -96,6 +96,14 @@ def generic_cases(
     return Case(base, deltas, K, k, seed)
 
 
+def seeded_case(seed: int, m: int, n: int, T: int, K: int, k: int) -> Case:
+    """The case :func:`generic_cases` draws for these values (shrunk failures kept as
+    regression examples)."""
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((m, n))
+    return Case(base, [rng.standard_normal((m, n)) for _ in range(T)], K, k, seed)
+
+
 def rel(a: np.ndarray, b: np.ndarray) -> float:
     """``||a - b||_F / ||b||_F`` (0 when both are 0)."""
     scale = np.linalg.norm(b)
@@ -133,6 +141,8 @@ def test_every_backbone_moves_at_most_1e_8_under_a_1e_12_relative_perturbation(c
 
 @settings(max_examples=25)
 @given(generic_cases())
+# Iso-C kept a rounding-noise direction (2.6e-13 relative) of the PACT-filtered sum
+@example(case=seeded_case(612127745, 24, 17, 3, 4, 2))
 def test_every_pact_preset_moves_at_most_1e_8_under_a_1e_12_relative_perturbation(case):
     """PACT-TA, PACT-IsoC, PACT-IsoCTS, PACT-TSVM (both splits): a 1e-12 relative change
     of the base and the task vectors changes the merged delta by at most 1e-8 relative,
@@ -163,6 +173,8 @@ def test_backbones_after_pact_keep_the_merge_in_the_span_of_the_processed_task_v
 
 @settings(max_examples=20)
 @given(generic_cases(tasks=st.sampled_from([3, 4, 8]), core_covered=True))
+# the same noise direction, flattened to the mean, held 28% of the merge's norm in V_0K
+@example(case=seeded_case(7961, 20, 16, 3, 4, 2))
 def test_pact_presets_put_no_energy_in_the_core_that_every_task_protects(case):
     """When (T-2) K >= (T-1) k every task's protect space contains V_0K (checked with the
     dense numpy reference); then every PACT preset's merged delta has

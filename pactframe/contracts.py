@@ -160,6 +160,11 @@ class Decomposer(Component):
 
     kind: ClassVar[str] = "decomposer"
     requires_covariance: ClassVar[bool] = False
+    #: True for decomposers of orthonormal SVD factors whose answer on a factored
+    #: input ``B @ A`` is its exact SVD from the factors (``exact_svd``,
+    #: ``randomized_svd``: QR of two thin factors and an ``r x r`` SVD cost less
+    #: than any sketch); see :meth:`decompose_low_rank`.
+    exact_on_factors: ClassVar[bool] = False
 
     @abc.abstractmethod
     def decompose(
@@ -192,10 +197,13 @@ class Decomposer(Component):
 
         Same contract as :meth:`decompose`. This default materialises ``B @ A``
         on the factors' device and calls :meth:`decompose`, so every decomposer
-        accepts factored input; ``exact_svd`` and ``randomized_svd`` override it
-        with the exact factored SVD (:meth:`LowRank.svd`: QR of both factors and
-        an ``r x r`` SVD), which lists at most ``r`` components.
+        accepts factored input. Decomposers with :attr:`exact_on_factors`
+        (``exact_svd``, ``randomized_svd``) get the exact factored SVD instead
+        (:meth:`LowRank.svd`: QR of both factors and an ``r x r`` SVD), which
+        lists at most ``r`` components.
         """
+        if self.exact_on_factors and covariance is None:
+            return low_rank.svd(rank)
         return self.decompose(
             low_rank.materialize(), rank, covariance=covariance, generator=generator
         )

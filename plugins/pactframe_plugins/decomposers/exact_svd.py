@@ -9,7 +9,6 @@ import torch
 
 from pactframe import Decomposer, Factorization, hookimpl
 from pactframe.linalg import as_working
-from pactframe.types import LowRank
 
 
 @attrs.frozen
@@ -25,6 +24,7 @@ class ExactSVD(Decomposer):
     """
 
     name: ClassVar[str] = "exact_svd"
+    exact_on_factors: ClassVar[bool] = True
 
     def decompose(
         self,
@@ -37,18 +37,6 @@ class ExactSVD(Decomposer):
         U, S, Vh = torch.linalg.svd(as_working(matrix), full_matrices=False)
         f = Factorization(U, S, Vh)
         return f if rank is None else f.truncate(rank)
-
-    def decompose_low_rank(
-        self,
-        low_rank: LowRank,
-        rank: int | None = None,
-        *,
-        covariance: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Factorization:
-        """The exact SVD of ``B @ A`` from its factors (:meth:`LowRank.svd`),
-        ``O((m + n) r^2)``; at most ``r`` components (the rest are zero)."""
-        return low_rank.svd(rank)
 
 
 @hookimpl

@@ -9,7 +9,6 @@ import torch
 
 from pactframe import Decomposer, Factorization, hookimpl, param
 from pactframe.linalg import as_working
-from pactframe.types import LowRank
 from pactframe.validation import integer
 
 
@@ -37,6 +36,7 @@ class RandomizedSVD(Decomposer):
     """
 
     name: ClassVar[str] = "randomized_svd"
+    exact_on_factors: ClassVar[bool] = True
 
     oversampling: int = param(10, validator=integer(0), help="extra sketch columns p")
     power_iterations: int = param(
@@ -67,18 +67,6 @@ class RandomizedSVD(Decomposer):
         b = q.transpose(0, 1) @ a
         ub, s, vh = torch.linalg.svd(b, full_matrices=False)
         return Factorization(q @ ub, s, vh).truncate(k)
-
-    def decompose_low_rank(
-        self,
-        low_rank: LowRank,
-        rank: int | None = None,
-        *,
-        covariance: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Factorization:
-        """The exact SVD of ``B @ A`` from its factors (:meth:`LowRank.svd`),
-        ``O((m + n) r^2)``; at most ``r`` components (the rest are zero)."""
-        return low_rank.svd(rank)
 
 
 @hookimpl

@@ -142,6 +142,36 @@ def resolve_in_folder(
     return path
 
 
+def read_json_in_folder(
+    folder: Path, name: str, *, what: str, max_bytes: int, fix: str
+) -> dict[str, Any]:
+    """The JSON object in ``folder / name``, read as untrusted input: inside the folder
+    (:func:`resolve_in_folder`), a regular file, at most ``max_bytes``, strict JSON
+    (no duplicate keys, no NaN), an object. Every problem is a
+    :class:`CheckpointError` naming ``what`` and the file, ending with ``fix``."""
+    path = resolve_in_folder(folder, name, what=what)
+    with open_regular(path) as f:
+        try:
+            raw = f.read(max_bytes + 1)
+        except OSError as exc:
+            raise CheckpointError(
+                f"{what}: cannot read {str(path)!r}: {exc.strerror or exc}."
+            ) from exc
+    if len(raw) > max_bytes:
+        raise CheckpointError(
+            f"{what}: {str(path)!r} is larger than {max_bytes} bytes. {fix}"
+        )
+    try:
+        data = strict_json(raw)
+    except JsonProblem as exc:
+        raise CheckpointError(f"{what}: {str(path)!r} {exc}. {fix}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(
+            f"{what}: {str(path)!r} holds a JSON {type(data).__name__}, not an object. {fix}"
+        )
+    return data
+
+
 def _read_index(index: Path, folder: Path, role: str) -> dict[str, str]:
     """The validated ``weight_map`` of an index file: a non-empty object tensor -> file."""
     resolve_in_folder(folder, index.name, what=f"The index of the {role}")

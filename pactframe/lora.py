@@ -42,11 +42,11 @@ from pactframe.checkpoint import (
     CheckpointWriter,
     TensorInfo,
     check_destination,
+    read_json_in_folder,
     resolve_in_folder,
 )
 from pactframe.errors import CheckpointError, InputError
 from pactframe.nonfinite import apply_nonfinite_policy, check_policy
-from pactframe.safetensors_header import JsonProblem, open_regular, strict_json
 from pactframe.types import LowRank
 
 CONFIG_NAME = "adapter_config.json"
@@ -87,34 +87,15 @@ _MAX_CONFIG_BYTES = 16 * 2**20
 
 
 def _read_config(folder: Path, where: str) -> dict[str, Any]:
-    """``adapter_config.json`` read as untrusted input: inside the folder, a regular
-    file, bounded size, strict JSON, a JSON object (every problem a CheckpointError)."""
-    path = resolve_in_folder(folder, CONFIG_NAME, what=f"The {where} folder")
-    with open_regular(path) as f:
-        try:
-            raw = f.read(_MAX_CONFIG_BYTES + 1)
-        except OSError as exc:
-            raise CheckpointError(
-                f"{where}: cannot read {CONFIG_NAME}: {exc.strerror or exc}."
-            ) from exc
-    if len(raw) > _MAX_CONFIG_BYTES:
-        raise CheckpointError(
-            f"{where}: {CONFIG_NAME} is larger than {_MAX_CONFIG_BYTES} bytes; a PEFT adapter "
-            "config is a few kilobytes. Re-save the adapter with save_pretrained."
-        )
-    try:
-        config = strict_json(raw)
-    except JsonProblem as exc:
-        raise CheckpointError(
-            f"{where}: cannot read {CONFIG_NAME}: it {exc}. Re-save the adapter with "
-            "save_pretrained."
-        ) from None
-    if not isinstance(config, dict):
-        raise CheckpointError(
-            f"{where}: {CONFIG_NAME} holds a JSON {type(config).__name__}, not an object. "
-            "Re-save the adapter with save_pretrained."
-        )
-    return config
+    """``adapter_config.json`` read as untrusted input (:func:`read_json_in_folder`)."""
+    return read_json_in_folder(
+        folder,
+        CONFIG_NAME,
+        what=f"The {where} folder's {CONFIG_NAME}",
+        max_bytes=_MAX_CONFIG_BYTES,
+        fix="A PEFT adapter config is a few kilobytes; re-save the adapter with "
+        "save_pretrained.",
+    )
 
 
 def _strip(key: str) -> str:

@@ -30,9 +30,9 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.checkpoint import TensorInfo, resolve_in_folder
+from pactframe.checkpoint import TensorInfo, read_json_in_folder
 from pactframe.errors import CheckpointError, InputError
-from pactframe.safetensors_header import JsonProblem, open_regular, shown, strict_json
+from pactframe.safetensors_header import shown
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -70,30 +70,17 @@ def vocab_tensors(base: Any, models: Sequence[Any]) -> dict[str, tuple[int, tupl
 _MAX_TOKENIZER_BYTES = 256 * 2**20
 
 
-def _read_tokenizer_json(folder: Path, name: str) -> Any:
-    """A tokenizer file of ``folder``, read as the checkpoint files are: inside the
-    folder (:func:`pactframe.checkpoint.resolve_in_folder`), a regular file, bounded
-    size, strict JSON; every problem a :class:`CheckpointError` naming the file."""
-    path = resolve_in_folder(folder, name, what=f"The tokenizer file of {str(folder)!r}")
-    with open_regular(path) as f:
-        try:
-            raw = f.read(_MAX_TOKENIZER_BYTES + 1)
-        except OSError as exc:
-            raise CheckpointError(
-                f"The tokenizer file {str(path)!r} cannot be read: {exc.strerror or exc}."
-            ) from exc
-    if len(raw) > _MAX_TOKENIZER_BYTES:
-        raise CheckpointError(
-            f"The tokenizer file {str(path)!r} is larger than {_MAX_TOKENIZER_BYTES} bytes; "
-            "vocab: union reads its added tokens and refuses files of that size."
-        )
-    try:
-        return strict_json(raw)
-    except JsonProblem as exc:
-        raise CheckpointError(
-            f"The tokenizer file {str(path)!r} {exc}. Replace it with the tokenizer saved by "
-            "the model's training run (vocab: union identifies added rows through it)."
-        ) from None
+def _read_tokenizer_json(folder: Path, name: str) -> dict[str, Any]:
+    """A tokenizer file of ``folder``, read as the checkpoint files are
+    (:func:`pactframe.checkpoint.read_json_in_folder`)."""
+    return read_json_in_folder(
+        folder,
+        name,
+        what=f"The tokenizer file of {str(folder)!r}",
+        max_bytes=_MAX_TOKENIZER_BYTES,
+        fix="Replace it with the tokenizer saved by the model's training run (vocab: union "
+        "identifies added rows through it).",
+    )
 
 
 def _token_map(path_label: str, pairs: Any) -> dict[int, str]:
@@ -120,11 +107,6 @@ def read_added_tokens(folder: Path) -> dict[int, str] | None:
     if (folder / "tokenizer.json").exists() or (folder / "tokenizer.json").is_symlink():
         label = repr(str(folder / "tokenizer.json"))
         data = _read_tokenizer_json(folder, "tokenizer.json")
-        if not isinstance(data, dict):
-            raise CheckpointError(
-                f"The tokenizer file {label} holds a {type(data).__name__}, not an object; "
-                "replace it with the tokenizer saved by the model's training run."
-            )
         model = data.get("model")
         vocab = model.get("vocab") if isinstance(model, dict) else None
         tokens: dict[int, str] = {}
@@ -144,11 +126,6 @@ def read_added_tokens(folder: Path) -> dict[int, str] | None:
     if (folder / "added_tokens.json").exists() or (folder / "added_tokens.json").is_symlink():
         label = repr(str(folder / "added_tokens.json"))
         data = _read_tokenizer_json(folder, "added_tokens.json")
-        if not isinstance(data, dict):
-            raise CheckpointError(
-                f"The tokenizer file {label} holds a {type(data).__name__}, not an object of "
-                "token -> id; replace it with the tokenizer saved by the model's training run."
-            )
         return _token_map(label, data.items())
     return None
 

@@ -476,8 +476,8 @@ def test_adapter_tensors_follow_the_nonfinite_policy(llama: dict, tmp_path: Path
     ("raw", "needle"),
     [
         (b"[1, 2]", "holds a JSON list, not an object"),
-        (b'{"r": 4, "r": 8}', "cannot read adapter_config.json"),
-        (b"{\"r\": NaN}", "cannot read adapter_config.json"),
+        (b'{"r": 4, "r": 8}', "adapter_config.json.* repeats the key"),
+        (b"{\"r\": NaN}", "adapter_config.json.* NaN"),
     ],
 )
 def test_adapter_config_is_read_as_untrusted_json(

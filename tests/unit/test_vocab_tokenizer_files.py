@@ -36,14 +36,14 @@ def test_added_tokens_json_is_read_when_there_is_no_tokenizer_json(tmp_path):
 @pytest.mark.parametrize(
     ("name", "text", "fragment"),
     [
-        ("tokenizer.json", "[1, 2]", "holds a list"),
+        ("tokenizer.json", "[1, 2]", "holds a JSON list"),
         ("tokenizer.json", '{"model": {"vocab": {"a": "zero"}}}', "non-negative integer id"),
         ("tokenizer.json", '{"model": {"vocab": {"a": -1}}}', "non-negative integer id"),
         ("tokenizer.json", '{"added_tokens": [{"content": "x"}]}', "non-negative integer id"),
         ("tokenizer.json", '{"added_tokens": 3}', "'added_tokens' must be a list"),
         ("tokenizer.json", '{"a": 1, "a": 2}', "repeats the key"),
         ("tokenizer.json", "{not json", "tokenizer file"),
-        ("added_tokens.json", '["<x>"]', "holds a list"),
+        ("added_tokens.json", '["<x>"]', "holds a JSON list"),
         ("added_tokens.json", '{"<x>": true}', "non-negative integer id"),
     ],
 )

@@ -36,7 +36,9 @@ def ray_cluster():
     import os
     from pathlib import Path
 
-    ray = pytest.importorskip("ray", reason="the ray executor needs pip install 'pactframe[ray]'")
+    from tests._optional import require
+
+    ray = require("ray", "ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     root = str(Path(__file__).resolve().parents[1])  # test-only components import from tests/
     if not ray.is_initialized():

@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 import torch
 
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
+from tests._optional import require
+
+peft = require("peft", "hf")
+transformers = require("transformers", "hf")
 
 from pactframe.errors import CheckpointError, InputError  # noqa: E402
 from pactframe.lora import LoraAdapterSource, apply_adapter  # noqa: E402

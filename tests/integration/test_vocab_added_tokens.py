@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 from pactframe.api import merge
 from pactframe.config import ConfigProblems
 from pactframe.errors import InputError
+from tests._optional import require
 
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+transformers = require("transformers", "hf")
+tokenizers = require("tokenizers", "hf")
 
 WORDS = ["<unk>", "<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "far"]
 EMBED, HEAD = "model.embed_tokens.weight", "lm_head.weight"

@@ -309,24 +309,8 @@ class PACTAligner(Preprocessor):
         core = bases(base, K, 0)
         tasks = [bases(d, k, t + 1) for t, d in enumerate(deltas)]
         names = bundle.task_names
-        data: dict[str, Any] = {
-            "action": "filtered",
-            "side": self.side,
-            "decomposer": self.decomposer.name,
-            "core_rank": K,
-            "task_rank": k,
-        }
-        filtered = deltas
-        for side in sides:
-            v0 = core[side]
-            relied = [relied_subspace(v0, f[side], basis=self.orth_method) for f in tasks]
-            protect = protect_bases(relied, basis=self.orth_method)
-            filtered = [_REMOVERS[side](d, q) for d, q in zip(filtered, protect)]
-            data[side] = {
-                "core_dim": int(v0.shape[1]),
-                "relied_dims": {n: int(r.shape[1]) for n, r in zip(names, relied)},
-                "protect_dims": {n: int(q.shape[1]) for n, q in zip(names, protect)},
-            }
+        data = self._record_head(K, k)
+        filtered = self._filter_sides(sides, core, tasks, deltas, _REMOVERS, names, data)
         data["removed_energy"] = {
             n: _removed_fraction(before, after) for n, before, after in zip(names, deltas, filtered)
         }
@@ -336,6 +320,42 @@ class PACTAligner(Preprocessor):
         ]
         return bundle.with_task_vectors(out, record=Record(self.name, data))
 
+
+    def _record_head(self, K: int, k: int) -> dict[str, Any]:
+        """The first keys of PACT's record for a filtered tensor."""
+        return {
+            "action": "filtered",
+            "side": self.side,
+            "decomposer": self.decomposer.name,
+            "core_rank": K,
+            "task_rank": k,
+        }
+
+    def _filter_sides(
+        self,
+        sides: Sequence[str],
+        core: dict[str, torch.Tensor],
+        tasks: list[dict[str, torch.Tensor]],
+        deltas: list[Any],
+        removers: dict[str, Callable[[Any, torch.Tensor], Any]],
+        names: Sequence[str],
+        data: dict[str, Any],
+    ) -> list[Any]:
+        """The cross-task filter, side after side: each task's relied subspace of the
+        core, the protect basis from the OTHER tasks' ones, and ``removers[side]``
+        applied (dense or factored task vectors alike); the dimensions go into ``data``."""
+        filtered = deltas
+        for side in sides:
+            v0 = core[side]
+            relied = [relied_subspace(v0, f[side], basis=self.orth_method) for f in tasks]
+            protect = protect_bases(relied, basis=self.orth_method)
+            filtered = [removers[side](d, q) for d, q in zip(filtered, protect)]
+            data[side] = {
+                "core_dim": int(v0.shape[1]),
+                "relied_dims": {n: int(r.shape[1]) for n, r in zip(names, relied)},
+                "protect_dims": {n: int(q.shape[1]) for n, q in zip(names, protect)},
+            }
+        return filtered
 
     def _preprocess_low_rank(
         self, bundle: LayerBundle, base: torch.Tensor, factored: list[LowRank]
@@ -365,28 +385,8 @@ class PACTAligner(Preprocessor):
             )
             tasks.append({side: leading_basis(tf, side).clone() for side in sides})
         names = bundle.task_names
-        data: dict[str, Any] = {
-            "action": "filtered",
-            "side": self.side,
-            "decomposer": self.decomposer.name,
-            "core_rank": K,
-            "task_rank": k,
-            "factored": True,
-        }
-        filtered = lin
-        for side in sides:
-            v0 = core[side]
-            relied = [relied_subspace(v0, f[side], basis=self.orth_method) for f in tasks]
-            protect = protect_bases(relied, basis=self.orth_method)
-            if side == "right":
-                filtered = [remove_right_low_rank(d, q) for d, q in zip(filtered, protect)]
-            else:
-                filtered = [remove_left_low_rank(d, q) for d, q in zip(filtered, protect)]
-            data[side] = {
-                "core_dim": int(v0.shape[1]),
-                "relied_dims": {n: int(r.shape[1]) for n, r in zip(names, relied)},
-                "protect_dims": {n: int(q.shape[1]) for n, q in zip(names, protect)},
-            }
+        data = {**self._record_head(K, k), "factored": True}
+        filtered = self._filter_sides(sides, core, tasks, lin, _LOW_RANK_REMOVERS, names, data)
         removed = {}
         for n, before, after in zip(names, lin, filtered):
             total = before.squared_norm()
@@ -417,6 +417,12 @@ def remove_left_low_rank(delta: LowRank, q: torch.Tensor) -> LowRank:
     if q.shape[1] == delta.shape[0]:
         return LowRank(torch.zeros_like(delta.B), delta.A)
     return LowRank(delta.B - q @ (q.transpose(0, 1) @ delta.B), delta.A)
+
+
+_LOW_RANK_REMOVERS: dict[str, Callable[[LowRank, torch.Tensor], LowRank]] = {
+    "right": remove_right_low_rank,
+    "left": remove_left_low_rank,
+}
 
 
 def _removed_fraction(before: torch.Tensor, after: torch.Tensor) -> float:

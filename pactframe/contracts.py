@@ -62,14 +62,17 @@ class ParameterInfo:
     help: str
 
 
-def component_field(kind: str, default: Any, *, help: str = "") -> Any:
+def component_field(kind: str, default: Any, *, help: str = "", validator: Any = None) -> Any:
     """A field holding another component (e.g. PACT's ``decomposer``).
 
     In configs the value may be a registered name (``"randomized_svd"``) or a
     mapping ``{"name": "randomized_svd", "oversampling": 10}``; the registry
-    builds it before the outer component is constructed.
+    builds it before the outer component is constructed. ``validator`` (attrs
+    style) checks the built component, e.g. that a decomposer has orthonormal factors.
     """
-    return attrs.field(default=default, metadata={"component_kind": kind, "help": help})
+    return attrs.field(
+        default=default, validator=validator, metadata={"component_kind": kind, "help": help}
+    )
 
 
 def param(default: Any, *, validator: Any = None, help: str = "", **kwargs: Any) -> Any:

@@ -83,11 +83,11 @@ class IntrusionEnergy(Evaluator):
         help="K: top right singular vectors of the pre-trained weight (clipped to the matrix)",
     )
     decomposer: Decomposer = component_field(
-        "decomposer", ExactSVD(), help="decomposition giving V_0K (exact_svd or randomized_svd)"
+        "decomposer",
+        ExactSVD(),
+        help="decomposition giving V_0K (exact_svd or randomized_svd)",
+        validator=check_orthonormal_decomposer,
     )
-
-    def __attrs_post_init__(self) -> None:
-        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
 
     def evaluate_tensor(
         self, original: LayerBundle, processed: LayerBundle, merged: MergedTensor | None

@@ -133,11 +133,10 @@ class IsoC(Merger):
         "decomposer",
         ExactSVD(),
         help="selects route 'auto': exact_svd -> exact SVD, any other -> Gram route",
+        validator=check_orthonormal_decomposer,
     )
     route: str = route_field()
 
-    def __attrs_post_init__(self) -> None:
-        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
 
     def supports(self, bundle: LayerBundle) -> str | None:
         return float_support_reason(bundle)

@@ -125,11 +125,10 @@ class IsoCTS(Merger):
         "decomposer",
         ExactSVD(),
         help="the residuals' top-s triplets: 'exact_svd' (the authors') or 'randomized_svd'",
+        validator=check_orthonormal_decomposer,
     )
     route: str = route_field()
 
-    def __attrs_post_init__(self) -> None:
-        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
 
     def supports(self, bundle: LayerBundle) -> str | None:
         return float_support_reason(bundle)

@@ -25,7 +25,7 @@ from pactframe_plugins.mergers.iso_c import IsoC
 from pactframe_plugins.mergers.iso_cts import IsoCTS
 from pactframe_plugins.mergers.task_arithmetic import TaskArithmetic
 from pactframe_plugins.mergers.tsv_m import TSVM
-from pactframe_plugins.preprocessors.pact import PACTAligner, check_orthonormal_decomposer
+from pactframe_plugins.preprocessors.pact import PACTAligner
 
 
 def _init_fields(cls: type) -> list[attrs.Attribute]:
@@ -50,11 +50,6 @@ class PACTPreset(Merger):
     """
 
     backbone: ClassVar[type[Merger]]
-
-    def __attrs_post_init__(self) -> None:
-        # the concrete presets are attrs classes built by pact_preset() with PACT's fields
-        field = {f.name: f for f in attrs.fields(type(self))}["decomposer"]  # type: ignore[arg-type]
-        check_orthonormal_decomposer(self, field, getattr(self, "decomposer"))  # noqa: B009
 
     @property
     def aligner(self) -> PACTAligner:

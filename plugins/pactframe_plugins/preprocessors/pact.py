@@ -252,6 +252,7 @@ class PACTAligner(Preprocessor):
         "decomposer",
         ExactSVD(),
         help="top-K / top-k subspaces: 'exact_svd' (PACT) or 'randomized_svd' (Efficient PACT)",
+        validator=check_orthonormal_decomposer,
     )
     exclude: str = param(
         DEFAULT_EXCLUDE,
@@ -265,8 +266,6 @@ class PACTAligner(Preprocessor):
         "(noise-dependent on rank-deficient unions; parity checks only)",
     )
 
-    def __attrs_post_init__(self) -> None:
-        check_orthonormal_decomposer(self, attrs.fields(type(self)).decomposer, self.decomposer)
 
     # ---------------------------------------------------------------- API
     def pass_through_reason(self, bundle: LayerBundle) -> str | None:

@@ -160,27 +160,35 @@ class Inputs:
     owned: bool = False  # True when the tensors are fresh buffers nobody else holds
 
 
-def open_files(spec: MergeSpec, where: str = "the checkpoints") -> Sources:
+def open_files(
+    spec: MergeSpec, where: str = "the checkpoints", *, check_covariances: bool = True
+) -> Sources:
     """The files ``spec`` names, opened with the checks on read (the ``nonfinite``
-    policy, symlinks among the base folder's copied files); no vocabulary handling."""
+    policy, symlinks among the base folder's copied files); no vocabulary handling.
+    ``check_covariances``: load and check every covariance now (the driver, before
+    any tensor math); a worker passes ``False`` and checks each covariance it loads,
+    instead of every worker loading and checking all of them again."""
     sources, problems = Sources.open(
         spec.base,
         spec.models,
         nonfinite=spec.nonfinite,
         copy_files=spec.output.copy_files,
+        check_covariances=check_covariances,
     )
     if problems or sources is None:
         raise ConfigProblems(problems, where)
     return sources
 
 
-def open_sources(spec: MergeSpec, where: str = "the checkpoints") -> Sources:
+def open_sources(
+    spec: MergeSpec, where: str = "the checkpoints", *, check_covariances: bool = True
+) -> Sources:
     """The sources of the files ``spec`` names, opened as every process of a merge opens
     them: the driver (to plan) and each worker (to read its own tensors) call this, so
     whatever wraps the sources (checks on read, vocabulary handling) belongs here."""
     from pactframe.vocab import apply_vocab
 
-    return apply_vocab(spec, open_files(spec, where))[0]
+    return apply_vocab(spec, open_files(spec, where, check_covariances=check_covariances))[0]
 
 
 # ------------------------------------------------------------------ the job
@@ -270,7 +278,9 @@ class TensorWorker:
     @property
     def sources(self) -> Sources:
         if self._sources is None:
-            self._sources = open_sources(self.spec, f"the checkpoints (worker {self.label})")
+            self._sources = open_sources(  # the driver checked every covariance already
+                self.spec, f"the checkpoints (worker {self.label})", check_covariances=False
+            )
         return self._sources
 
     # reading and placing -------------------------------------------------

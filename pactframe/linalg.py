@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections import OrderedDict
 
 import torch
 
@@ -199,13 +201,83 @@ def damped_covariance(
     ``eps`` starts at ``damping`` and doubles, so it always lies in
     ``{damping * 2^j}``. Computed in float64 (symmetrised first).
 
+    The inverse is the Cholesky one (``torch.cholesky_inverse`` of the factor the
+    positive-definiteness test computed, symmetrised), so ``C_reg^-1 C_reg`` is the
+    transpose of ``C_reg C_reg^-1`` up to rounding and one product gives both
+    residuals. The accepted ``eps`` is remembered per covariance (its float64
+    bytes) and settings in this process (:func:`clear_damping_memo`), so the
+    second pass of a two-pass merge, and weights that share an input covariance,
+    pay for the search once.
+
     ``check="released"`` accepts ``eps`` as the released PAVE code does: only the
     one-sided residual ``||C_reg C_reg^-1 - I||_F < tolerance``, computed in
     float32, with no Cholesky and no rounding-floor test (docs/pave.md, "Damping:
-    three differences"); the returned ``C_reg`` and inverse are still float64.
+    three differences"); the returned ``C_reg`` and inverse are still float64
+    (``torch.linalg.inv``).
 
     Returns ``(C_reg, C_reg^-1, eps)`` in float64.
     """
+    c_reg, eps, inverse = _damping_search(
+        covariance, damping, mode, tolerance, max_doublings, check, need_inverse=True
+    )
+    assert inverse is not None
+    return c_reg, inverse, eps
+
+
+def regularized_covariance(
+    covariance: torch.Tensor,
+    *,
+    damping: float = 0.01,
+    mode: str = "relative",
+    tolerance: float = 0.05,
+    max_doublings: int = 60,
+    check: str = "strict",
+) -> tuple[torch.Tensor, float]:
+    """``(C_reg, eps)`` of :func:`damped_covariance` without returning the inverse.
+
+    Same search and acceptance tests (and the same ``eps``); when this process
+    already decided ``eps`` for this covariance and these settings, no inverse is
+    computed at all: ``C_reg = C + eps * scale * I``. For callers that only
+    multiply by ``C_reg`` (PAVE's Gram route, whose map back needs no ``C_reg^-1``).
+    """
+    c_reg, eps, _ = _damping_search(
+        covariance, damping, mode, tolerance, max_doublings, check, need_inverse=False
+    )
+    return c_reg, eps
+
+
+#: ``{(fingerprint, device type, settings): eps}``: the damping decisions of this
+#: process (least recently used first), at most :data:`_DAMPING_MEMO_SIZE` entries.
+_DAMPING_MEMO: OrderedDict[tuple[object, ...], float] = OrderedDict()
+_DAMPING_MEMO_SIZE = 4096
+
+
+def clear_damping_memo() -> None:
+    """Forget the ``eps`` decisions :func:`damped_covariance` remembered."""
+    _DAMPING_MEMO.clear()
+
+
+def _fingerprint(matrix: torch.Tensor) -> str:
+    """A digest of ``matrix``'s shape, dtype and bytes (BLAKE2b, 128 bits)."""
+    data = matrix.detach().contiguous().cpu()
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((tuple(data.shape), str(data.dtype))).encode())
+    if data.numel():
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def _damping_search(
+    covariance: torch.Tensor,
+    damping: float,
+    mode: str,
+    tolerance: float,
+    max_doublings: int,
+    check: str,
+    *,
+    need_inverse: bool,
+) -> tuple[torch.Tensor, float, torch.Tensor | None]:
+    """``(C_reg, eps, C_reg^-1 or None)``: :func:`damped_covariance`'s search, memoised."""
     from pactframe.errors import InputError
 
     c = covariance.to(torch.float64)
@@ -230,27 +302,55 @@ def damped_covariance(
         raise InputError(f"Damping mode must be 'relative' or 'absolute'; got {mode!r}.")
     if check not in ("strict", "released"):
         raise InputError(f"Damping check must be 'strict' or 'released'; got {check!r}.")
+    key = (
+        _fingerprint(c),
+        c.device.type,
+        float(damping),
+        mode,
+        float(tolerance),
+        int(max_doublings),
+        check,
+    )
+    known = _DAMPING_MEMO.get(key)
+    if known is not None:
+        _DAMPING_MEMO.move_to_end(key)
+        c_reg = c + (known * scale) * eye
+        if not need_inverse:
+            return c_reg, known, None
+        if check == "released":
+            return c_reg, known, torch.linalg.inv(c_reg)
+        factor = torch.linalg.cholesky(c_reg)
+        return c_reg, known, _symmetric(torch.cholesky_inverse(factor))
     eps = float(damping)
     for _ in range(max_doublings):
         c_reg = c + (eps * scale) * eye
+        inverse: torch.Tensor | None = None
         if check == "released":
             if _released_residual(c_reg) < tolerance:
-                return c_reg, torch.linalg.inv(c_reg), eps
-            eps *= 2.0
-            continue
-        _, not_pd = torch.linalg.cholesky_ex(c_reg)
-        if int(not_pd) == 0:
-            try:
-                inv = torch.linalg.inv(c_reg)
-            except RuntimeError:  # singular to working precision
-                inv = None
-            if inv is not None and _inverse_residual(c_reg, inv, eye) < tolerance:
-                return c_reg, inv, eps
+                inverse = torch.linalg.inv(c_reg)
+        else:
+            factor, not_pd = torch.linalg.cholesky_ex(c_reg)
+            if int(not_pd) == 0:
+                candidate = _symmetric(torch.cholesky_inverse(factor))
+                if (
+                    bool(torch.isfinite(candidate).all())
+                    and _inverse_residual(c_reg, candidate, eye) < tolerance
+                ):
+                    inverse = candidate
+        if inverse is not None:
+            _DAMPING_MEMO[key] = eps
+            if len(_DAMPING_MEMO) > _DAMPING_MEMO_SIZE:
+                _DAMPING_MEMO.popitem(last=False)
+            return c_reg, eps, inverse
         eps *= 2.0
     raise InputError(
         f"The covariance could not be regularised to an accurate inverse after {max_doublings} "
         f"doublings of the damping (last eps {eps:g}); it is likely corrupt."
     )
+
+
+def _symmetric(matrix: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (matrix + matrix.transpose(0, 1))
 
 
 def _released_residual(matrix: torch.Tensor) -> float:
@@ -267,9 +367,17 @@ def _released_residual(matrix: torch.Tensor) -> float:
 
 def _inverse_residual(matrix: torch.Tensor, inverse: torch.Tensor, eye: torch.Tensor) -> float:
     """``max(||A A^-1 - I||_F, ||A^-1 A - I||_F, n u ||A||_1 ||A^-1||_1)``: the
-    two-sided residual, or the level below which rounding makes it meaningless."""
-    right = float(torch.linalg.matrix_norm(matrix @ inverse - eye))
-    left = float(torch.linalg.matrix_norm(inverse @ matrix - eye))
+    two-sided residual, or the level below which rounding makes it meaningless.
+
+    For a symmetric ``A`` and a symmetric ``A^-1`` (as :func:`damped_covariance`
+    passes) ``A^-1 A = (A A^-1)^T``, so both residuals are the norm of one product.
+    """
+    product = matrix @ inverse - eye
+    right = float(torch.linalg.matrix_norm(product))
+    symmetric = torch.equal(matrix, matrix.transpose(0, 1)) and torch.equal(
+        inverse, inverse.transpose(0, 1)
+    )
+    left = right if symmetric else float(torch.linalg.matrix_norm(inverse @ matrix - eye))
     unit_roundoff = torch.finfo(matrix.dtype).eps / 2
     floor = (
         matrix.shape[0]

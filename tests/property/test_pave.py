@@ -70,21 +70,25 @@ def test_scaled_identity_covariance_gives_the_truncated_svd_of_w_ft(bundle, c, r
     n = bundle.base.shape[1]
     covs = [c * torch.eye(n, dtype=torch.float64)] * bundle.num_tasks
     bundle = LayerBundle(bundle.name, bundle.base, bundle.task_vectors, bundle.task_names, covs)
-    out = PAVEPurifier(rho=float(rho), allocation="uniform").preprocess(bundle)
     R = min(bundle.base.shape)
     r = max(1, round(R * rho))
-    for t, tv in enumerate(out.task_vectors):
-        w_ft = _np(bundle.finetuned(t))
-        expected = truncated_svd(w_ft, r) - _np(bundle.base)
-        np.testing.assert_allclose(_np(tv), expected, atol=1e-9 * (np.linalg.norm(w_ft) + 1))
+    for route in ("gram", "exact"):
+        out = PAVEPurifier(rho=float(rho), allocation="uniform", route=route).preprocess(bundle)
+        for t, tv in enumerate(out.task_vectors):
+            w_ft = _np(bundle.finetuned(t))
+            expected = truncated_svd(w_ft, r) - _np(bundle.base)
+            np.testing.assert_allclose(_np(tv), expected, atol=1e-9 * (np.linalg.norm(w_ft) + 1))
 
 
+@pytest.mark.parametrize("route", ["gram", "exact"])
 @settings(max_examples=25)
 @given(small_bundles, st.sampled_from([0.5, 0.75, 7 / 8]))
-def test_activated_error_equals_the_tail_energy_of_w_c_and_rank_is_at_most_r(bundle, rho):
+def test_activated_error_equals_the_tail_energy_of_w_c_and_rank_is_at_most_r(route, bundle, rho):
     """||(W_dagger - W_ft) C_reg||_F^2 = sum_{j>r} sigma_j(W_ft C_reg)^2 and rank(W_dagger) <= r,
-    with C_reg and the SVD computed independently in numpy; the record's tail energy agrees."""
-    out = PAVEPurifier(rho=rho, allocation="uniform").preprocess(bundle)
+    with C_reg and the SVD computed independently in numpy; the record's tail energy agrees.
+    Both routes: the SVD of W C_reg mapped back by C_reg^-1, and the Gram route's
+    U_r U_r^T W_ft (the same matrix by an identity, no inverse)."""
+    out = PAVEPurifier(rho=rho, allocation="uniform", route=route).preprocess(bundle)
     data = _record(out)
     for t, (task, tv) in enumerate(zip(bundle.task_names, out.task_vectors)):
         c_reg = damped(_np(bundle.covariance(t)))

@@ -67,6 +67,17 @@ class CovarianceWeightedSVD(Decomposer):
     def weighting(self, covariance: torch.Tensor) -> Weighting:
         """``(weigh, unweigh)`` for a symmetric float64 covariance ``C``."""
 
+    def weigh(self, covariance: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``W -> W M`` alone, for callers that never map back through ``M^-1``.
+
+        ``U_r diag(S_r) Vh_r M^-1 = U_r U_r^T W`` for any invertible ``M`` (since
+        ``Vh_r = diag(S_r)^-1 U_r^T W M``), so a rank-``r`` reconstruction needs
+        only the left singular vectors of ``W M``; PAVE's Gram route uses that.
+        The default takes the first half of :meth:`weighting`; a subclass
+        overrides it when ``M`` is cheaper than ``M^-1`` (``co_svd``).
+        """
+        return self.weighting(covariance)[0]
+
     def decompose(
         self,
         matrix: torch.Tensor,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import attrs
 import torch
 
 from pactframe import Decomposer, hookimpl, param
-from pactframe.linalg import damped_covariance
+from pactframe.linalg import damped_covariance, regularized_covariance
 from pactframe.validation import one_of, real
 from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, Weighting
 
@@ -67,6 +68,19 @@ class ContextOrientedSVD(CovarianceWeightedSVD):
             check=self.damping_check,
         )
         return (lambda w: w @ c_reg), (lambda vh: vh @ inv)
+
+    def weigh(self, covariance: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``W -> W C_reg`` with the same ``eps`` as :meth:`weighting`; no inverse is
+        formed once this process has decided ``eps`` for ``covariance``
+        (:func:`pactframe.linalg.regularized_covariance`)."""
+        c_reg, _ = regularized_covariance(
+            covariance,
+            damping=self.damping,
+            mode=self.damping_mode,
+            tolerance=self.tolerance,
+            check=self.damping_check,
+        )
+        return lambda w: w @ c_reg
 
 
 @hookimpl

@@ -23,8 +23,8 @@ from pactframe import (
     hookimpl,
     param,
 )
-from pactframe.errors import InputError
-from pactframe.linalg import as_working
+from pactframe.errors import InputError, InvalidParameterError
+from pactframe.linalg import as_working, gram_rtol, numerical_rank
 from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import one_of, real, regex
@@ -41,6 +41,52 @@ from pactframe_plugins.preprocessors._rank_allocation import (
 )
 
 __all__ = ["PAVEPurifier", "RankAllocation", "spectral_rank_allocation"]
+
+
+ROUTES = ("auto", "exact", "gram")
+
+
+@attrs.frozen(eq=False)
+class GramFactors:
+    """``W M``'s spectrum and singular basis from the Gram route of :class:`PAVEPurifier`.
+
+    ``vectors`` are the eigenvectors (descending) of the smaller Gram matrix of
+    ``W M``: its left singular vectors ``U`` when ``W M`` is wide or square
+    (``(W M)(W M)^T = U diag(S^2) U^T``), its right ones ``V`` when tall. All
+    float64. :meth:`reconstruct` is ``U_r diag(S_r) Vh_r M^-1`` through the
+    identity ``U_r diag(S_r) Vh_r M^-1 = U_r U_r^T W`` (``Vh_r = diag(S_r)^-1 U_r^T
+    W M``), so no inverse of ``M`` is formed; in the tall case
+    ``U_r = W M V_r diag(S_r)^-1``.
+    """
+
+    w: torch.Tensor
+    weighted: torch.Tensor
+    vectors: torch.Tensor
+    S: torch.Tensor
+    tall: bool
+    dtype: torch.dtype
+
+    @property
+    def rank(self) -> int:
+        return int(self.S.numel())
+
+    def reconstruct(self, rank: int) -> torch.Tensor:
+        """The rank-``rank`` reconstruction ``U_r U_r^T W`` in the weight's working dtype.
+
+        Directions whose singular value the float64 Gram matrix cannot tell from
+        zero (``S <= S_max gram_rtol``) are left out: ``u^T W M = 0`` there, so
+        they carry nothing of ``W`` (and, tall, ``1/S`` would amplify rounding).
+        """
+        keep = min(int(rank), numerical_rank(self.S, gram_rtol(self.weighted.shape)))
+        if keep <= 0:
+            return torch.zeros_like(self.w).to(self.dtype)
+        if self.tall:
+            left = self.weighted @ self.vectors[:, :keep]  # U_r diag(S_r)
+            out = (left / self.S[:keep].square()) @ (left.transpose(0, 1) @ self.w)
+        else:
+            basis = self.vectors[:, :keep]
+            out = basis @ (basis.transpose(0, 1) @ self.w)
+        return out.to(self.dtype)
 
 
 @attrs.frozen
@@ -125,11 +171,31 @@ class PAVEPurifier(Preprocessor):
         help="dtype of the SVD of W C for float32/half task vectors (float64 ones stay "
         "float64; damping and weighting are float64); float64 = the previous, slower behaviour",
     )
+    route: str = param(
+        "auto",
+        validator=one_of(ROUTES),
+        help="'gram': float64 eigendecomposition of the smaller Gram matrix of W M and the "
+        "map back U_r U_r^T W (no M^-1; covariance-weighted decomposers only); 'exact': SVD "
+        "of W M in precision, then Vh M^-1; 'auto': gram for co_svd/asvd/svd_llm, else exact",
+    )
     exclude: str | None = param(
         None,
         validator=regex(optional=True),
         help="regex searched in tensor names; matches keep the plain task vector",
     )
+
+    def __attrs_post_init__(self) -> None:
+        if self.route == "gram" and not isinstance(self.decomposer, CovarianceWeightedSVD):
+            raise InvalidParameterError(
+                f"pave: route 'gram' needs a covariance-weighted decomposer (co_svd, asvd, "
+                f"svd_llm), whose map back U_r U_r^T W it relies on; got decomposer "
+                f"{self.decomposer.name!r}. Use route 'exact' or 'auto' with this decomposer."
+            )
+
+    @property
+    def uses_gram(self) -> bool:
+        """Whether this purifier takes the Gram route (``route`` resolved)."""
+        return self.route != "exact" and isinstance(self.decomposer, CovarianceWeightedSVD)
 
     # ---------------------------------------------------------------- helpers
     def pass_through_reason(self, bundle: LayerBundle) -> str | None:
@@ -160,20 +226,23 @@ class PAVEPurifier(Preprocessor):
         out = self._decompose(bundle, spectra_only=True)
         return {t: v for t, v in out.items() if isinstance(v, torch.Tensor)}
 
-    def _factorizations(self, bundle: LayerBundle) -> dict[int, Factorization]:
+    def _factorizations(self, bundle: LayerBundle) -> dict[int, Factorization | GramFactors]:
         """Full factorization of ``W_ft`` (as ``(d_out, d_in)``) for each task with a covariance."""
         out = self._decompose(bundle, spectra_only=False)
-        return {t: v for t, v in out.items() if isinstance(v, Factorization)}
+        return {t: v for t, v in out.items() if not isinstance(v, torch.Tensor)}
 
     def _decompose(
         self, bundle: LayerBundle, *, spectra_only: bool
-    ) -> dict[int, Factorization | torch.Tensor]:
-        """Per task with a covariance: its Factorization, or (``spectra_only``) its ``S``."""
-        out: dict[int, Factorization | torch.Tensor] = {}
+    ) -> dict[int, Factorization | GramFactors | torch.Tensor]:
+        """Per task with a covariance: its factors, or (``spectra_only``) its ``S``."""
+        out: dict[int, Factorization | GramFactors | torch.Tensor] = {}
         for t in range(bundle.num_tasks):
             w = as_working(linear_layout(bundle.finetuned(t), bundle.input_axis))
             cov = self._covariance(bundle, t, int(w.shape[1]))
             if cov is None:
+                continue
+            if self.uses_gram:
+                out[t] = self._gram(w, cov, spectra_only)
                 continue
             if isinstance(self.decomposer, CovarianceWeightedSVD):
                 out[t] = self._weighted_svd(w, cov, spectra_only)
@@ -203,6 +272,28 @@ class PAVEPurifier(Preprocessor):
             return torch.linalg.svdvals(wm)
         U, S, Vh = torch.linalg.svd(wm, full_matrices=False)
         return Factorization(U, S, unweigh(Vh.to(torch.float64)).to(dtype), orthonormal=False)
+
+    def _gram(
+        self, w: torch.Tensor, cov: torch.Tensor, spectra_only: bool
+    ) -> GramFactors | torch.Tensor:
+        """The Gram route: spectrum of ``W M`` from the float64 Gram matrix of its
+        smaller side, and (unless ``spectra_only``) its :class:`GramFactors`."""
+        assert isinstance(self.decomposer, CovarianceWeightedSVD)
+        w64 = w.to(torch.float64)
+        wm = self.decomposer.weigh(covariance_for(self.decomposer.name, w, cov))(w64)
+        tall = wm.shape[0] > wm.shape[1]
+        gram = wm.transpose(0, 1) @ wm if tall else wm @ wm.transpose(0, 1)
+        if spectra_only:
+            return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0.0).sqrt()
+        lam, vectors = torch.linalg.eigh(gram)
+        return GramFactors(
+            w=w64,
+            weighted=wm,
+            vectors=vectors.flip(1),
+            S=lam.flip(0).clamp_min(0.0).sqrt(),
+            tall=tall,
+            dtype=w.dtype,
+        )
 
     # ---------------------------------------------------------------- two-pass API
     def prepare(self, bundles: Iterable[LayerBundle]) -> RankAllocation | None:
@@ -284,7 +375,7 @@ class PAVEPurifier(Preprocessor):
         return bundle.with_task_vectors(out, record=Record(self.name, data))
 
     def _ranks(
-        self, bundle: LayerBundle, facts: dict[int, Factorization], state: Any
+        self, bundle: LayerBundle, facts: dict[int, Factorization | GramFactors], state: Any
     ) -> tuple[dict[str, int], dict[str, dict[str, Any]], dict[str, Any]]:
         """Rank per purified task, per-task report data, tensor-level report data."""
         full = facts[next(iter(facts))].rank

@@ -47,7 +47,7 @@ class Method:
     def components(self) -> set[tuple[str, str]]:
         out = {("merger", self.merger["name"])}
         out |= {("preprocessor", p["name"]) for p in self.preprocessors}
-        for p in self.preprocessors:
+        for p in (self.merger, *self.preprocessors):
             if "decomposer" in p:
                 out.add(("decomposer", p["decomposer"]))
         return out
@@ -70,6 +70,14 @@ class Method:
 
 def _pact(decomposer: str) -> dict[str, Any]:
     return {"name": "pact", "decomposer": decomposer}
+
+
+def _as_preset(variant: dict[str, Any]) -> dict[str, Any]:
+    """A ``pact.<param>`` variant as the PACT preset's ``merger.<param>``."""
+    return {
+        (f"merger.{key.split('.', 1)[1]}" if key.startswith("pact.") else key): value
+        for key, value in variant.items()
+    }
 
 
 PACT_VARIANTS: tuple[dict[str, Any], ...] = ({}, {"pact.core_rank": 30}, {"pact.task_rank": 16})
@@ -104,16 +112,25 @@ def standard_methods(pact_variants: Sequence[dict[str, Any]] = PACT_VARIANTS) ->
         ("iso_c", SVD_GRID),
         ("iso_cts", SVD_GRID),
     ):
-        for label, decomposer in (("", "exact_svd"), ("efficient_", "randomized_svd")):
-            methods.append(
-                Method(
-                    f"{label}pact+{backbone}",
-                    {"name": backbone},
-                    (_pact(decomposer),),
-                    scalings=grid,
-                    variants=tuple(pact_variants),
-                )
+        methods.append(
+            Method(
+                f"pact+{backbone}",
+                {"name": backbone},
+                (_pact("exact_svd"),),
+                scalings=grid,
+                variants=tuple(pact_variants),
             )
+        )
+        # Efficient PACT end to end: the preset passes randomized_svd to PACT AND to
+        # the backbone (tsv_m's per-task top-r; Iso-C/-CTS and TSV-M's Gram routes).
+        methods.append(
+            Method(
+                f"efficient_pact+{backbone}",
+                {"name": f"pact_{backbone}", "decomposer": "randomized_svd"},
+                scalings=grid,
+                variants=tuple(_as_preset(v) for v in pact_variants),
+            )
+        )
     pave_variants = tuple({"pave.rho": r} for r in PAVE_RHOS)
     methods += [
         Method(
@@ -164,11 +181,12 @@ def reduced_methods(methods: Sequence[Method] | None = None) -> list[Method]:
     out = []
     for m in methods or standard_methods():
         grid: tuple[float, ...]
+        backbone = m.merger["name"].removeprefix("pact_")  # a PACT preset's backbone
         if len(m.scalings) == 1:
             grid = m.scalings
-        elif m.merger["name"] == "ties":
+        elif backbone == "ties":
             grid = REDUCED_GRIDS["ties"]
-        elif m.merger["name"] == "task_arithmetic":
+        elif backbone == "task_arithmetic":
             grid = REDUCED_GRIDS["sum"]
         else:
             grid = REDUCED_GRIDS["svd"]

@@ -219,3 +219,21 @@ def test_scaling_sweep_goes_past_the_grid_top_while_the_best_is_there(tmp_path):
     write_json(tmp_path / "results-old.json", stale)
     rows = compare(suite, [ta], tmp_path / "results-old.json", log=lambda m: None)["rows"]
     assert rows["task_arithmetic"]["chosen"] == {"scaling": 3.375}
+
+
+def test_efficient_rows_are_efficient_end_to_end_and_keep_their_backbones_grid(registry):
+    """efficient_pact+X merges with the PACT preset and randomized_svd (which reaches PACT
+    and the backbone), tunes the same PACT variants, and its reduced grid is X's."""
+    table = {m.name: m for m in standard_methods()}
+    reduced = {m.name: m for m in reduced_methods()}
+    for backbone in ("task_arithmetic", "tsv_m", "iso_c", "iso_cts"):
+        exact, fast = table[f"pact+{backbone}"], table[f"efficient_pact+{backbone}"]
+        assert fast.merger == {"name": f"pact_{backbone}", "decomposer": "randomized_svd"}
+        assert fast.preprocessors == () and fast.scalings == exact.scalings
+        assert [sorted(k.split(".", 1)[1] for k in v) for v in fast.variants] == [
+            sorted(k.split(".", 1)[1] for k in v) for v in exact.variants
+        ]
+        merger = registry.build("merger", fast.configure(fast.variants[1])[0])
+        assert merger.decomposer.name == "randomized_svd"
+        assert merger.aligner.decomposer.name == "randomized_svd"
+        assert reduced[fast.name].scalings == reduced[exact.name].scalings

@@ -36,7 +36,6 @@ from typing import Any
 
 import attrs
 
-from pactframe.checkpoint import parse_size
 from pactframe.contracts import Component, Evaluator, Executor, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import (
@@ -47,6 +46,7 @@ from pactframe.errors import (
     short_repr,
     short_text,
 )
+from pactframe.io.units import parse_size
 from pactframe.registry import Registry, build_registry
 from pactframe.sources import NONFINITE_POLICIES
 

@@ -30,9 +30,10 @@ from typing import Any, Protocol
 import attrs
 import torch
 
-from pactframe.checkpoint import CODE_FROM_DTYPE, CheckpointReader, TensorInfo, non_weight_files
 from pactframe.covariance_io import CovarianceEntry, CovarianceFile, covariance_problem
 from pactframe.errors import CheckpointError, InputError
+from pactframe.io.reader import CheckpointReader, TensorInfo, non_weight_files
+from pactframe.io.units import CODE_FROM_DTYPE
 
 # the nonfinite policy lives in its own module (pactframe.lora reads adapters with it
 # and is opened from here); its names stay importable from pactframe.sources
@@ -62,7 +63,7 @@ class CovarianceSource(Protocol):
 
 
 class FileTensorSource:
-    """A checkpoint on disk (see :class:`~pactframe.checkpoint.CheckpointReader`)."""
+    """A checkpoint on disk (see :class:`~pactframe.io.reader.CheckpointReader`)."""
 
     #: every load() returns a fresh buffer, which the pipeline may overwrite
     fresh = True

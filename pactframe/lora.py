@@ -45,7 +45,7 @@ from pactframe.io.reader import (
 )
 from pactframe.io.units import CODE_FROM_DTYPE
 from pactframe.io.writer import CheckpointWriter, check_destination
-from pactframe.nonfinite import apply_nonfinite_policy, check_policy
+from pactframe.nonfinite import DEFAULT_NONFINITE, apply_nonfinite_policy, check_policy
 from pactframe.types import LowRank
 
 CONFIG_NAME = "adapter_config.json"
@@ -119,7 +119,7 @@ class LoraAdapterSource:
         base: Any,
         role: str = "adapter",
         *,
-        nonfinite: str = "error",
+        nonfinite: str = DEFAULT_NONFINITE,
     ) -> None:
         self.path = Path(path)
         self.label = str(self.path)

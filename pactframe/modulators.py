@@ -34,7 +34,7 @@ import torch
 from pactframe.errors import CheckpointError, InputError
 from pactframe.io.reader import CheckpointReader, non_weight_files, read_header
 from pactframe.io.units import numel
-from pactframe.io.writer import CheckpointWriter
+from pactframe.io.writer import DEFAULT_SHARD_SIZE, CheckpointWriter
 from pactframe.output_safety import check_output
 
 MODULATOR_FILE = "task_modulators.safetensors"  # in io.reader.NON_WEIGHT_SAFETENSORS
@@ -238,7 +238,7 @@ def materialize(
     *,
     base: str | os.PathLike[str] | None = None,
     force: bool = False,
-    shard_size: int = 2 * 10**9,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> Path:
     """Write task ``task``'s full checkpoint from a task-conditioned merge.
 

@@ -39,10 +39,16 @@ from pactframe.io.units import (
     numel,
     parse_size,
 )
-from pactframe.io.writer import CheckpointWriter, check_destination, plan_shards
+from pactframe.io.writer import (
+    DEFAULT_SHARD_SIZE,
+    CheckpointWriter,
+    check_destination,
+    plan_shards,
+)
 
 __all__ = [
     "CODE_FROM_DTYPE",
+    "DEFAULT_SHARD_SIZE",
     "FLOAT_CODES",
     "INDEX_NAME",
     "NON_WEIGHT_SAFETENSORS",

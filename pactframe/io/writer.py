@@ -33,6 +33,9 @@ from pactframe.output_safety import (
     temporary_path,
 )
 
+#: largest shard when nobody says otherwise (the config's ``output.shard_size``: 2GB)
+DEFAULT_SHARD_SIZE = 2 * 10**9
+
 
 @attrs.frozen
 class _Slot:
@@ -90,7 +93,7 @@ class CheckpointWriter:
         dest: str | os.PathLike[str],
         layout: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
         *,
-        shard_size: int = 2 * 10**9,
+        shard_size: int = DEFAULT_SHARD_SIZE,
         force: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:

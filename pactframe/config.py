@@ -36,7 +36,6 @@ from typing import Any
 
 import attrs
 
-from pactframe.checkpoint import parse_size
 from pactframe.contracts import Component, Evaluator, Executor, Merger, Preprocessor
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import (
@@ -47,6 +46,9 @@ from pactframe.errors import (
     short_repr,
     short_text,
 )
+from pactframe.io.units import parse_size
+from pactframe.io.writer import DEFAULT_SHARD_SIZE
+from pactframe.nonfinite import DEFAULT_NONFINITE
 from pactframe.registry import Registry, build_registry
 from pactframe.sources import NONFINITE_POLICIES
 
@@ -90,6 +92,15 @@ MERGEKIT_HINTS = {
     "model": "path",
     "density": "the merger's keep_fraction (ties) or dare's drop_probability = 1 - density",
 }
+
+
+def spec_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of the spec class ``cls`` (``spec_default(MergeSpec,
+    "seed")`` is ``0``). Every config default is written once, on the attrs fields of
+    :class:`ModelSpec`, :class:`OutputSpec` and :class:`MergeSpec`; the parser fills a
+    missing key from there and :meth:`MergeSpec.to_dict` leaves out optional keys that
+    still hold it."""
+    return attrs.fields_dict(cls)[name].default
 
 
 @attrs.frozen
@@ -142,7 +153,7 @@ class OutputSpec:
     ``rank``, see docs/lora.md)."""
 
     dtype: str = "base"
-    shard_size: int = 2 * 10**9
+    shard_size: int = DEFAULT_SHARD_SIZE
     copy_files: bool = True
     format: str = "model"
     rank: int | None = None
@@ -168,7 +179,7 @@ class MergeSpec:
     input_dtype: str = "same"
     notes: tuple[str, ...] = ()
     #: what reading a NaN/inf weight does: error, warn or ignore (pactframe.sources)
-    nonfinite: str = "error"
+    nonfinite: str = DEFAULT_NONFINITE
     #: where the work units run (``None``: this process, as the ``local`` executor);
     #: not part of :meth:`to_dict`: the report's ``executor`` section records it
     executor: Executor | None = None
@@ -207,7 +218,7 @@ class MergeSpec:
                     "path": str(m.path),
                     **({"covariance": str(m.covariance)} if m.covariance else {}),
                     **({"weight": m.weight} if m.weight is not None else {}),
-                    **({"type": m.type} if m.type != "auto" else {}),
+                    **({"type": m.type} if m.type != spec_default(ModelSpec, "type") else {}),
                 }
                 for m in self.models
             ],
@@ -228,7 +239,11 @@ class MergeSpec:
             "output": attrs.asdict(self.output),
             "prefetch": self.prefetch,
             **({"vocab": self.vocab} if self.vocab is not None else {}),
-            **({"input_dtype": self.input_dtype} if self.input_dtype != "same" else {}),
+            **(
+                {"input_dtype": self.input_dtype}
+                if self.input_dtype != spec_default(MergeSpec, "input_dtype")
+                else {}
+            ),
             "nonfinite": self.nonfinite,
         }
 
@@ -591,22 +606,22 @@ class _Parser:
         if data.get("fallback", DEFAULT_FALLBACK) is not None:
             fallback = self.component("fallback", "merger", data.get("fallback", DEFAULT_FALLBACK))
         evaluators = self.evaluators(data.get("evaluators"))
-        device = data.get("device", "auto")
+        device = data.get("device", spec_default(MergeSpec, "device"))
         if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
             self.problem(
                 "device: must be 'auto', 'cpu', 'cuda' or 'cuda:N'; got "
                 f"{short_repr(device)}."
             )
-        compute_dtype = data.get("compute_dtype", "float32")
+        compute_dtype = data.get("compute_dtype", spec_default(MergeSpec, "compute_dtype"))
         if not isinstance(compute_dtype, str) or compute_dtype not in COMPUTE_DTYPES:
             self.problem(
                 f"compute_dtype: must be one of {', '.join(COMPUTE_DTYPES)}; got "
                 f"{short_repr(compute_dtype)}."
             )
-        seed = data.get("seed", 0)
+        seed = data.get("seed", spec_default(MergeSpec, "seed"))
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             self.problem(f"seed: must be an int in [0, 2**64); got {short_repr(seed)}.")
-        prefetch = data.get("prefetch", 1)
+        prefetch = data.get("prefetch", spec_default(MergeSpec, "prefetch"))
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or not 0 <= prefetch <= 8:
             self.problem(
                 "prefetch: must be an int in [0, 8] (tensor names read ahead); got "
@@ -619,7 +634,7 @@ class _Parser:
                 f"vocab: must be 'base' (keep the base's embedding rows) or 'union' (keep "
                 f"the rows the fine-tunes' tokenizers add); got {vocab!r}."
             )
-        input_dtype = data.get("input_dtype", "same")
+        input_dtype = data.get("input_dtype", spec_default(MergeSpec, "input_dtype"))
         if input_dtype not in INPUT_DTYPE_MODES:
             self.problem(
                 f"input_dtype: must be 'same' (inputs must share one dtype) or 'cast' (cast "
@@ -628,7 +643,7 @@ class _Parser:
         self.check_model_count(recipe, rules, len(models))
         if any(m.weight is not None for m in models):
             self.check_weights(recipe, rules, fallback)
-        nonfinite = data.get("nonfinite", NONFINITE_POLICIES[0])
+        nonfinite = data.get("nonfinite", spec_default(MergeSpec, "nonfinite"))
         if not isinstance(nonfinite, str) or nonfinite not in NONFINITE_POLICIES:
             self.problem(
                 f"nonfinite: must be one of {', '.join(NONFINITE_POLICIES)} (what a NaN or "
@@ -730,7 +745,7 @@ class _Parser:
             ):
                 self.problem(f"{where} ({name}).weight: must be a finite number; got {weight!r}.")
                 continue
-            kind = entry.get("type", "auto")
+            kind = entry.get("type", spec_default(ModelSpec, "type"))
             if kind not in MODEL_TYPES:
                 self.problem(
                     f"{where} ({name}).type: must be one of {', '.join(MODEL_TYPES)}; got {kind!r}."
@@ -839,27 +854,27 @@ class _Parser:
             )
             return OutputSpec()
         self.check_keys("output", value, OUTPUT_KEYS)
-        dtype = value.get("dtype", "base")
+        dtype = value.get("dtype", spec_default(OutputSpec, "dtype"))
         if not isinstance(dtype, str) or (dtype != "base" and dtype not in OUTPUT_DTYPES):
             self.problem(
                 f"output.dtype: must be 'base' or one of {', '.join(OUTPUT_DTYPES)}; got "
                 f"{short_repr(dtype)}."
             )
-            dtype = "base"
-        shard_size = 2 * 10**9
+            dtype = spec_default(OutputSpec, "dtype")
+        shard_size = spec_default(OutputSpec, "shard_size")
         try:
-            shard_size = parse_size(value.get("shard_size", "2GB"))
+            shard_size = parse_size(value.get("shard_size", shard_size))
         except ConfigError as exc:
             self.problem(str(exc))
-        copy_files = value.get("copy_files", True)
+        copy_files = value.get("copy_files", spec_default(OutputSpec, "copy_files"))
         if not isinstance(copy_files, bool):
             self.problem(f"output.copy_files: must be true or false; got {short_repr(copy_files)}.")
-            copy_files = True
-        fmt = value.get("format", "model")
+            copy_files = spec_default(OutputSpec, "copy_files")
+        fmt = value.get("format", spec_default(OutputSpec, "format"))
         rank = value.get("rank")
         if fmt not in OUTPUT_FORMATS:
             self.problem(f"output.format: must be 'model' or 'lora'; got {fmt!r}.")
-            fmt = "model"
+            fmt = spec_default(OutputSpec, "format")
         if fmt == "lora" and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             self.problem(
                 f"output.rank: output.format: lora needs a positive integer rank; got {rank!r}."

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from pactframe.checkpoint import check_destination
 from pactframe.covariance_io import save_covariances
+from pactframe.io.writer import check_destination
 from pactframe.output_safety import (
     check_output,
     register_temporary,

@@ -35,18 +35,17 @@ from typing import Any
 
 import torch
 
-from pactframe.checkpoint import (
-    CODE_FROM_DTYPE,
+from pactframe.errors import CheckpointError, InputError
+from pactframe.io.reader import (
     SINGLE_NAME,
     CheckpointReader,
-    CheckpointWriter,
     TensorInfo,
-    check_destination,
     read_json_in_folder,
     resolve_in_folder,
 )
-from pactframe.errors import CheckpointError, InputError
-from pactframe.nonfinite import apply_nonfinite_policy, check_policy
+from pactframe.io.units import CODE_FROM_DTYPE
+from pactframe.io.writer import CheckpointWriter, check_destination
+from pactframe.nonfinite import DEFAULT_NONFINITE, apply_nonfinite_policy, check_policy
 from pactframe.types import LowRank
 
 CONFIG_NAME = "adapter_config.json"
@@ -120,7 +119,7 @@ class LoraAdapterSource:
         base: Any,
         role: str = "adapter",
         *,
-        nonfinite: str = "error",
+        nonfinite: str = DEFAULT_NONFINITE,
     ) -> None:
         self.path = Path(path)
         self.label = str(self.path)

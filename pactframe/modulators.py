@@ -31,16 +31,13 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
-from pactframe.checkpoint import (
-    CheckpointReader,
-    CheckpointWriter,
-    non_weight_files,
-    read_header,
-)
 from pactframe.errors import CheckpointError, InputError
+from pactframe.io.reader import CheckpointReader, non_weight_files, read_header
+from pactframe.io.units import numel
+from pactframe.io.writer import DEFAULT_SHARD_SIZE, CheckpointWriter
 from pactframe.output_safety import check_output
 
-MODULATOR_FILE = "task_modulators.safetensors"  # in checkpoint.NON_WEIGHT_SAFETENSORS
+MODULATOR_FILE = "task_modulators.safetensors"  # in io.reader.NON_WEIGHT_SAFETENSORS
 FORMAT_NAME = "pactframe-task-modulators"
 FORMAT_VERSION = "1"
 
@@ -50,8 +47,7 @@ def pack_mask(mask: torch.Tensor) -> np.ndarray:
 
 
 def unpack_mask(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    numel = int(np.prod(shape)) if len(shape) else 1
-    bits = np.unpackbits(packed.numpy(), count=numel)
+    bits = np.unpackbits(packed.numpy(), count=numel(shape))
     return torch.from_numpy(bits.astype(bool)).reshape(tuple(shape))
 
 
@@ -198,11 +194,10 @@ class ModulatorReader:
             n = len(tasks)
             for key, shape in shapes.items():
                 mask, scale = infos.get(key + "::mask"), infos.get(key + "::scale")
-                numel = int(np.prod(shape)) if shape else 1
                 if (
                     mask is None
                     or scale is None
-                    or mask.shape != (n, (numel + 7) // 8)
+                    or mask.shape != (n, (numel(shape) + 7) // 8)
                     or scale.shape != (n,)
                     or mask.dtype_code != "U8"
                     or scale.dtype_code != "F32"
@@ -243,7 +238,7 @@ def materialize(
     *,
     base: str | os.PathLike[str] | None = None,
     force: bool = False,
-    shard_size: int = 2 * 10**9,
+    shard_size: int = DEFAULT_SHARD_SIZE,
 ) -> Path:
     """Write task ``task``'s full checkpoint from a task-conditioned merge.
 

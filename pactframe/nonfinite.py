@@ -19,6 +19,8 @@ from pactframe.safetensors_header import shown
 
 #: values of the top-level ``nonfinite`` config key (the first is the default)
 NONFINITE_POLICIES = ("error", "warn", "ignore")
+#: the policy when the config does not set one (``MergeSpec.nonfinite``, every source)
+DEFAULT_NONFINITE = NONFINITE_POLICIES[0]
 
 
 def check_policy(policy: str) -> str:

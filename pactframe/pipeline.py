@@ -16,7 +16,7 @@ The pipeline holds no algorithm. It
    preprocessors, merger or fallback or copy, evaluators, ``base + delta`` in the
    output dtype on the CPU) and returns the result;
 4. writes each result the moment it arrives, in any order, at its planned
-   offset in the atomic :class:`~pactframe.checkpoint.CheckpointWriter`
+   offset in the atomic :class:`~pactframe.io.writer.CheckpointWriter`
    (task modulators and the report in plan order), or collects a dict; with
    ``output.format: lora`` the workers also return each merged delta and
    :func:`pactframe.lora.write_merged_adapter` writes a PEFT adapter instead.
@@ -37,12 +37,13 @@ from typing import Any
 
 import torch
 
-from pactframe.checkpoint import CheckpointWriter, non_weight_files
 from pactframe.config import ConfigProblems, MergeSpec
 from pactframe.contracts import Executor, splits_prepass
 from pactframe.device import COMPUTE_DTYPES, peak_device_bytes, peak_rss_bytes, resolve_device
 from pactframe.errors import ConfigError
 from pactframe.execution import InProcessRunner, contiguous_chunks, ordered
+from pactframe.io.reader import non_weight_files
+from pactframe.io.writer import CheckpointWriter
 from pactframe.modulators import ModulatorWriter
 from pactframe.output_safety import check_output, merge_inputs
 from pactframe.plan import RECIPE, MergePlan, make_plan, needs_prepass

@@ -24,10 +24,10 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.checkpoint import dtype_size, format_bytes
 from pactframe.config import MergeSpec, RecipeSpec
 from pactframe.covariance_io import INPUT_AXIS
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
+from pactframe.io.units import dtype_size, format_bytes, numel
 from pactframe.seeding import derive_seed
 from pactframe.sources import Sources
 from pactframe.types import LayerBundle
@@ -55,10 +55,7 @@ class TensorPlan:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
+        return numel(self.shape)
 
     @property
     def out_bytes(self) -> int:

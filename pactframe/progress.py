@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TextIO
 
-from pactframe.checkpoint import format_bytes
+from pactframe.io.units import format_bytes
 
 
 def format_duration(seconds: float) -> str:

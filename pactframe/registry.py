@@ -29,7 +29,15 @@ from pactframe.errors import (
 )
 from pactframe.hookspecs import HOOK_FOR_KIND
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+#: what a component's ``name`` must be, matched whole (``fullmatch``): snake_case,
+#: starting with a lowercase letter (``ties``, ``task_arithmetic``)
+NAME_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def is_valid_name(name: object) -> bool:
+    """Whether ``name`` can name a component: a string :data:`NAME_PATTERN` matches
+    whole (so ``"ties\\n"`` is refused, which ``re.match`` with ``$`` would accept)."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
 
 
 #: mergekit parameter names -> ours, quoted when a component gets one it lacks
@@ -217,7 +225,7 @@ def _check_class(obj: Any, kind: str, contract: type[Component], plugin: str) ->
             f"subclass of pactframe.{contract.__name__}. Return {contract.__name__} subclasses."
         )
     name = getattr(obj, "name", None)
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not is_valid_name(name):
         raise ContractError(
             f"Plugin {plugin!r}: {obj.__name__}.name must be a snake_case string; got {name!r}."
         )

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pactframe.checkpoint import format_bytes
+from pactframe.io.units import format_bytes, numel
 
 if TYPE_CHECKING:  # pragma: no cover
     from pactframe.pipeline import MergePipeline
@@ -47,7 +47,7 @@ def build_report(
     handled = Counter(
         e["handler"] if e["handler"] != "recipe" else f"recipe ({e['route']})" for e in entries
     )
-    numel = sum(_numel(e["shape"]) for e in entries)
+    parameters = sum(numel(e["shape"]) for e in entries)
     return {
         "report_version": REPORT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -69,7 +69,7 @@ def build_report(
         ],
         "summary": {
             "tensors": len(entries),
-            "parameters": numel,
+            "parameters": parameters,
             "handled_by": dict(sorted(handled.items())),
             "output_bytes": plan.output_bytes,
             "read_bytes": plan.read_bytes,
@@ -84,13 +84,6 @@ def build_report(
         },
         "tensors": list(entries),
     }
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 def _numeric_leaves(data: Any, prefix: str = "") -> dict[str, float]:

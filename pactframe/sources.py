@@ -30,12 +30,14 @@ from typing import Any, Protocol
 import attrs
 import torch
 
-from pactframe.checkpoint import CODE_FROM_DTYPE, CheckpointReader, TensorInfo, non_weight_files
 from pactframe.covariance_io import CovarianceEntry, CovarianceFile, covariance_problem
 from pactframe.errors import CheckpointError, InputError
+from pactframe.io.reader import CheckpointReader, TensorInfo, non_weight_files
+from pactframe.io.units import CODE_FROM_DTYPE
 
 # the nonfinite policy lives in its own module (pactframe.lora reads adapters with it
 # and is opened from here); its names stay importable from pactframe.sources
+from pactframe.nonfinite import DEFAULT_NONFINITE
 from pactframe.nonfinite import NONFINITE_POLICIES as NONFINITE_POLICIES
 from pactframe.nonfinite import apply_nonfinite_policy as apply_nonfinite_policy
 from pactframe.nonfinite import check_policy as check_policy
@@ -62,12 +64,12 @@ class CovarianceSource(Protocol):
 
 
 class FileTensorSource:
-    """A checkpoint on disk (see :class:`~pactframe.checkpoint.CheckpointReader`)."""
+    """A checkpoint on disk (see :class:`~pactframe.io.reader.CheckpointReader`)."""
 
     #: every load() returns a fresh buffer, which the pipeline may overwrite
     fresh = True
 
-    def __init__(self, path: Path, role: str, *, nonfinite: str = "error") -> None:
+    def __init__(self, path: Path, role: str, *, nonfinite: str = DEFAULT_NONFINITE) -> None:
         self.reader = CheckpointReader(path, role=role)
         self.label = str(path)
         self.role = role
@@ -102,7 +104,7 @@ class StateDictSource:
         state: Mapping[str, torch.Tensor] | torch.nn.Module,
         label: str,
         *,
-        nonfinite: str = "error",
+        nonfinite: str = DEFAULT_NONFINITE,
     ) -> None:
         self.nonfinite = check_policy(nonfinite)
         if isinstance(state, torch.nn.Module):
@@ -228,7 +230,7 @@ class DictCovarianceSource(_CheckedCovariances):
         return self.covs[key].detach().to("cpu")
 
 
-def _open_model(m: Any, base: Any, nonfinite: str = "error") -> Any:
+def _open_model(m: Any, base: Any, nonfinite: str = DEFAULT_NONFINITE) -> Any:
     """A fine-tuned checkpoint, or a LoRA adapter folder (``type: lora``, or ``auto`` and
     the folder has ``adapter_config.json``) read on top of ``base`` (docs/lora.md)."""
     from pactframe.lora import LoraAdapterSource, is_adapter_dir
@@ -264,7 +266,7 @@ class Sources:
         base: Path,
         models: Sequence[Any],
         *,
-        nonfinite: str = "error",
+        nonfinite: str = DEFAULT_NONFINITE,
         copy_files: bool = True,
         check_covariances: bool = True,
     ) -> tuple[Sources | None, list[str]]:

@@ -30,8 +30,8 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.checkpoint import TensorInfo, read_json_in_folder
 from pactframe.errors import CheckpointError, InputError
+from pactframe.io.reader import TensorInfo, read_json_in_folder
 from pactframe.safetensors_header import shown
 
 TOKENIZER_FILES = (
@@ -72,7 +72,7 @@ _MAX_TOKENIZER_BYTES = 256 * 2**20
 
 def _read_tokenizer_json(folder: Path, name: str) -> dict[str, Any]:
     """A tokenizer file of ``folder``, read as the checkpoint files are
-    (:func:`pactframe.checkpoint.read_json_in_folder`)."""
+    (:func:`pactframe.io.reader.read_json_in_folder`)."""
     return read_json_in_folder(
         folder,
         name,

@@ -50,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pactframe.api import with_executor
-    from pactframe.checkpoint import check_destination, format_bytes
     from pactframe.cli._output import prepare_output
     from pactframe.config import load_config
+    from pactframe.io.units import format_bytes
+    from pactframe.io.writer import check_destination
     from pactframe.output_safety import merge_inputs
     from pactframe.pipeline import MergePipeline
 

@@ -30,7 +30,7 @@ from pactframe.contracts import (
     splits_prepass,
 )
 from pactframe.errors import InputError
-from pactframe.registry import _NAME_RE  # one definition of a valid component name
+from pactframe.registry import is_valid_name
 from pactframe.types import Factorization, LayerBundle, MergedTensor
 
 
@@ -120,7 +120,7 @@ def check_is_frozen_attrs(inst: Component) -> None:
 def check_name(inst: Component) -> None:
     """``name`` is a snake_case class attribute."""
     name = getattr(type(inst), "name", None)
-    assert isinstance(name, str) and _NAME_RE.match(name), (
+    assert is_valid_name(name), (
         f"{type(inst).__name__}.name must be a snake_case string; got {name!r}."
     )
 

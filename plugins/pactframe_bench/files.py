@@ -59,7 +59,7 @@ def merge_files(
 
 
 def _read(folder: Path) -> State:
-    from pactframe.checkpoint import CheckpointReader
+    from pactframe.io.reader import CheckpointReader
 
     reader = CheckpointReader(folder, role="merged model")
     # "<key>::mask" / "::scale" entries belong to the task modulators, not the model.

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from pactframe.api import load_spec
-from pactframe.checkpoint import INDEX_NAME, CheckpointReader
 from pactframe.errors import CheckpointError
+from pactframe.io.reader import INDEX_NAME, CheckpointReader
 from pactframe.pipeline import MergePipeline
 from tests._safetensors_craft import split_file
 from tests.integration._pipeline_helpers import load_output, test_registry, write_models

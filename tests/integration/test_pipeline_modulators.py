@@ -101,7 +101,7 @@ def test_materialize_errors(merged, tmp_path_factory):
 def test_single_shard_output_reads_without_the_modulator_file(tmp_path):
     """One shard and no index: readers of the folder must not take the modulator file
     for weights (materialize reads the folder like any checkpoint)."""
-    from pactframe.checkpoint import CheckpointReader
+    from pactframe.io.reader import CheckpointReader
 
     base, fts, bp, paths = write_models(tmp_path, tasks=2)
     cfg = {

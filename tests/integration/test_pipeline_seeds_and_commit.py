@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pactframe.api import merge
-from pactframe.checkpoint import INDEX_NAME, CheckpointReader
+from pactframe.io.reader import INDEX_NAME, CheckpointReader
 from tests.integration._pipeline_helpers import load_output, save_single, tiny_model, write_models
 
 TWINS = ("layers.0.mlp.weight", "layers.1.mlp.weight")

@@ -364,7 +364,7 @@ def test_a_config_that_is_not_yaml_text_is_one_clear_error(tmp_path, capsys, kin
 def test_full_or_read_only_disk_is_one_paragraph_and_leaves_nothing(
     tmp_path, capsys, monkeypatch, code_name, first_words, where
 ):
-    from pactframe.checkpoint import CheckpointWriter
+    from pactframe.io.writer import CheckpointWriter
 
     cfg = make_inputs(tmp_path / "ex")
     out = tmp_path / "out"
@@ -414,7 +414,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
 # ----------------------------------------------------------- signals, killed runs
 SLOW_MERGE = """
 import signal, sys, time
-from pactframe.checkpoint import CheckpointWriter
+from pactframe.io.writer import CheckpointWriter
 from pactframe.cli import main
 # a terminal's defaults, even when the test runner ignores some signals
 signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from pactframe.checkpoint import CheckpointReader
 from pactframe.errors import PactframeError
+from pactframe.io.reader import CheckpointReader
 from pactframe.safetensors_header import ITEMSIZE, parse_file, read_tensor
 from tests._safetensors_craft import raw_file
 

@@ -11,14 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pactframe.checkpoint import (
-    CheckpointReader,
-    CheckpointWriter,
-    non_weight_files,
-    parse_size,
-    plan_shards,
-)
 from pactframe.errors import CheckpointError, ConfigError
+from pactframe.io.reader import CheckpointReader, non_weight_files
+from pactframe.io.units import parse_size
+from pactframe.io.writer import CheckpointWriter, plan_shards
 
 
 def _state():

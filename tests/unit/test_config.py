@@ -183,3 +183,64 @@ def test_to_dict_is_json_and_complete(files, reg):
     assert d["merger"] == {"name": "t_sum", "scaling": 0.5}
     assert d["preprocessors"] == [{"name": "t_scale", "factor": 3.0}]
     assert d["output"]["shard_size"] == 10**6 and d["fallback"] == {"name": "t_mean"}
+
+
+# ------------------------------------------------ defaults, written once
+DOC_DEFAULT_KEYS = (
+    "device",
+    "compute_dtype",
+    "seed",
+    "prefetch",
+    "nonfinite",
+    "input_dtype",
+    "output.dtype",
+    "output.shard_size",
+    "output.copy_files",
+    "output.format",
+)
+
+
+def _spec_default(key):
+    from pactframe.config import MergeSpec, OutputSpec, spec_default
+
+    section, _, name = key.rpartition(".")
+    return spec_default(OutputSpec if section == "output" else MergeSpec, name)
+
+
+def test_an_unset_key_takes_the_spec_default(files, reg):
+    from pactframe.config import ModelSpec, spec_default
+    from pactframe.io import DEFAULT_SHARD_SIZE
+    from pactframe.nonfinite import DEFAULT_NONFINITE
+
+    spec = parse_config(_cfg(fallback="t_mean"), registry=reg, base_dir=files)
+    for key in DOC_DEFAULT_KEYS:
+        section, _, name = key.rpartition(".")
+        got = getattr(spec.output if section == "output" else spec, name)
+        assert got == _spec_default(key), key
+    assert all(m.type == spec_default(ModelSpec, "type") == "auto" for m in spec.models)
+    assert spec.output.shard_size == DEFAULT_SHARD_SIZE == 2 * 10**9
+    assert spec.nonfinite == DEFAULT_NONFINITE == "error"
+    # to_dict leaves out the optional keys that hold their default
+    resolved = spec.to_dict()
+    assert "input_dtype" not in resolved and all("type" not in m for m in resolved["models"])
+    cast = parse_config(_cfg(fallback="t_mean", input_dtype="cast"), registry=reg, base_dir=files)
+    assert cast.to_dict()["input_dtype"] == "cast"
+
+
+def test_the_documented_defaults_are_the_spec_defaults():
+    """docs/config.md's key table restates each default; it must say the spec's."""
+    from pathlib import Path
+
+    from pactframe.io.units import parse_size
+
+    page = Path(__file__).resolve().parents[2] / "docs" / "config.md"
+    documented = {}
+    for line in page.read_text(encoding="utf-8").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0].startswith("`") and cells[1].startswith("`"):
+            documented[cells[0].strip("`")] = cells[1].strip("`")
+    for key in DOC_DEFAULT_KEYS:
+        assert key in documented, f"docs/config.md has no row for {key}"
+        value = documented[key]
+        said = parse_size(value) if key == "output.shard_size" else yaml.safe_load(value)
+        assert said == _spec_default(key), f"docs/config.md: {key} defaults to {value!r}"

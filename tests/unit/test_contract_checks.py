@@ -97,6 +97,11 @@ class Shouty(MeanMerger):
 
 
 @attrs.frozen
+class TrailingNewline(MeanMerger):
+    name: ClassVar[str] = "mean\n"  # what re.match with "$" would let through
+
+
+@attrs.frozen
 class LossyConfig(MeanMerger):
     name: ClassVar[str] = "lossy"
 
@@ -205,6 +210,7 @@ def test_catches_a_required_parameter_without_default():
 
 def test_catches_a_name_that_is_not_snake_case():
     expect_failure(Shouty, "snake_case")
+    expect_failure(TrailingNewline, "snake_case")
 
 
 def test_catches_a_to_config_that_does_not_rebuild_the_instance():

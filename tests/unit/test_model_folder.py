@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pactframe.checkpoint import INDEX_NAME, CheckpointReader, non_weight_files
 from pactframe.errors import CheckpointError
+from pactframe.io.reader import INDEX_NAME, CheckpointReader, non_weight_files
 
 
 def _sharded(folder, tensors=None, shards=2):

@@ -26,7 +26,7 @@ from pactframe.errors import (
     UnknownComponentError,
 )
 from pactframe.plugins import BLOCK_ENV, blocked_from_env, make_plugin_manager
-from pactframe.registry import build_registry
+from pactframe.registry import build_registry, is_valid_name
 from pactframe.types import Factorization, LayerBundle
 from pactframe.validation import integer
 
@@ -150,7 +150,15 @@ def test_non_class_is_rejected_naming_the_plugin():
         registry_of(wrong)
 
 
-@pytest.mark.parametrize("bad_name", ["TestSum", "test-sum", "1sum", "", None, "sum merger"])
+def test_is_valid_name_accepts_snake_case_only():
+    assert all(map(is_valid_name, ["ties", "task_arithmetic", "pave2", "a_"]))
+    bad = ["Ties", "task-arithmetic", "2ties", "_ties", "", "ties\n", "ties ", None, 3, b"ties"]
+    assert not any(map(is_valid_name, bad))
+
+
+@pytest.mark.parametrize(
+    "bad_name", ["TestSum", "test-sum", "1sum", "", None, "sum merger", "sum\n", "sum_\n"]
+)
 def test_name_that_is_not_snake_case_is_rejected(bad_name):
     @attrs.frozen
     class BadlyNamed(SumMerger):

@@ -11,10 +11,10 @@ from typing import Any, ClassVar
 import attrs
 
 from pactframe import hookimpl, param
-from pactframe.checkpoint import parse_size
 from pactframe.contracts import Executor
 from pactframe.errors import ExecutorError, InvalidParameterError
 from pactframe.execution import RemoteTraceback, unit_label
+from pactframe.io.units import parse_size
 from pactframe.validation import integer, real
 
 INSTALL_HINT = "pip install 'pactframe[ray]' (on the driver and on every node of the cluster)"

@@ -23,7 +23,7 @@ import pluggy
 
 from pactframe.errors import PluginError
 
-_COMMAND_RE = re.compile(r"^[a-z][a-z0-9_-]*$")
+_COMMAND_RE = re.compile(r"[a-z][a-z0-9_-]*")
 HOOK = "pactframe_register_commands"
 
 
@@ -78,7 +78,7 @@ def hook_commands(
 
 def _check_command(command: Any, plugin: str) -> str:
     name = getattr(command, "name", None)
-    if not isinstance(name, str) or not _COMMAND_RE.match(name):
+    if not isinstance(name, str) or not _COMMAND_RE.fullmatch(name):
         raise PluginError(
             f"Plugin {plugin!r}: a command from {HOOK}() needs a lower-case 'name' "
             f"(letters, digits, '-' or '_'); got {name!r} on {command!r}."

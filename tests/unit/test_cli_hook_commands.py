@@ -89,6 +89,7 @@ def test_a_plugin_command_is_added_and_run(monkeypatch):
     [
         (_command("hello"), "must return a list of commands; got SimpleNamespace"),
         ([_command("Hello World")], "needs a lower-case 'name'"),
+        ([_command("hello\n")], "needs a lower-case 'name'"),
         ([_command("hello", help=None)], "the command 'hello' needs a 'help' string"),
         ([_command("hello", run=None)], "the command 'hello' lacks run"),
         ([_command("merge")], "registers the command 'merge', which is a core pactframe command"),

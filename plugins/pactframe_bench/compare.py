@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 import torch
 
+from pactframe.errors import PactframeError
 from pactframe.registry import Registry, build_registry
 from pactframe_bench.cache import read_json, recipe_key, write_json
 from pactframe_bench.merge import merge_in_memory
@@ -183,6 +184,24 @@ def run_method(
     }
 
 
+def method_key(method: Method, registry: Registry) -> str:
+    """The cache key of ``method``'s row: the method and every variant's RESOLVED
+    configuration (each component built, so its defaults are spelled out). A change
+    of a component's defaults (randomized_svd's iteration count, say) then reruns
+    the rows it affects instead of reusing them."""
+    resolved = []
+    for variant in method.variants:
+        merger, pres = method.configure(variant)
+        try:
+            resolved.append(
+                [registry.build("merger", merger).to_config()]
+                + [registry.build("preprocessor", p).to_config() for p in pres]
+            )
+        except PactframeError:  # an unavailable component: the row is skipped (below)
+            resolved.append([merger, *pres])
+    return recipe_key({"method": repr(method), "resolved": resolved})
+
+
 def _row_from_other_runs(results_file: Path, name: str, key: str) -> dict[str, Any] | None:
     """The row of method ``name`` with recipe ``key`` from another results file of the same
     seed folder (a comparison over a different method list), if one exists. Read afresh
@@ -215,7 +234,7 @@ def compare(
     models = None
     covariances = None
     for method in methods:
-        key = recipe_key({"method": repr(method)})
+        key = method_key(method, registry)
         if (
             method.name in rows
             and rows[method.name].get("key") == key

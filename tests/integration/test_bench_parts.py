@@ -8,7 +8,7 @@ import torch
 from pactframe_bench.cache import recipe_dir, recipe_key
 from pactframe_bench.finetune import linear_warmup_decay
 from pactframe_bench.merge import merge_in_memory
-from pactframe_bench.methods import reduced_methods, standard_methods
+from pactframe_bench.methods import Method, reduced_methods, standard_methods
 from pactframe_bench.report import summarize
 from pactframe_bench.text_data import split_balanced
 from pactframe_bench.vision_small import view
@@ -237,3 +237,43 @@ def test_efficient_rows_are_efficient_end_to_end_and_keep_their_backbones_grid(r
         assert merger.decomposer.name == "randomized_svd"
         assert merger.aligner.decomposer.name == "randomized_svd"
         assert reduced[fast.name].scalings == reduced[exact.name].scalings
+
+
+def _scaled_merger(default: float) -> object:
+    """A plugin registering merger 'probe' whose one parameter defaults to ``default``."""
+    import attrs as _attrs
+
+    from pactframe import MergedTensor, Merger, hookimpl, param
+
+    @_attrs.frozen
+    class Probe(Merger):
+        name = "probe"
+        scaling: float = param(default)
+
+        def merge(self, bundle, state=None):
+            return MergedTensor(self.scaling * bundle.task_vectors[0])
+
+    class Plugin:
+        @hookimpl
+        def pactframe_register_mergers(self):
+            return [Probe]
+
+    return Plugin()
+
+
+def test_a_rows_cache_key_changes_with_a_components_defaults():
+    """The results cache is keyed by the resolved configuration: the same method whose
+    component changed a default (code change, no config change) gets a new key, so its
+    stale row is not reused; an unchanged one keeps its key."""
+    from pactframe_bench.compare import method_key
+
+    from pactframe.plugins import make_plugin_manager
+    from pactframe.registry import build_registry
+
+    def registry_with(default):
+        pm = make_plugin_manager(load_entrypoints=False, plugins=[_scaled_merger(default)])
+        return build_registry(pm)
+
+    method = Method("probe", {"name": "probe"})
+    assert method_key(method, registry_with(1.0)) == method_key(method, registry_with(1.0))
+    assert method_key(method, registry_with(1.0)) != method_key(method, registry_with(2.0))

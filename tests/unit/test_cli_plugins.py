@@ -2,8 +2,9 @@
 parameters and defaults (text and ``--json``); ``python -m pactframe`` works.
 
 Expected defaults are the documented ones (docs/decomposers.md, docs/pact.md,
-docs/pave.md: oversampling p = 10, 2 power iterations, CorDA damping 0.01 relative,
-tolerance 0.05), not read back from the classes.
+docs/pave.md: oversampling p = 10, 2 power iterations then an adaptive stop at
+1e-3 energy growth up to 8, CorDA damping 0.01 relative, tolerance 0.05), not read back
+from the classes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from pactframe.errors import DuplicateComponentError
 
 DOCUMENTED = {
     "exact_svd": {},
-    "randomized_svd": {"oversampling": 10, "power_iterations": 2, "seed": 0},
+    "randomized_svd": {
+        "oversampling": 10,
+        "power_iterations": 2,
+        "tolerance": 1e-3,
+        "max_power_iterations": 8,
+        "seed": 0,
+    },
     "co_svd": {
         "damping": 0.01,
         "damping_mode": "relative",

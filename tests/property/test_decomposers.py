@@ -372,3 +372,55 @@ def test_decomposers_agree_between_cpu_and_cuda(dtype):
         diff = fro((gpu.reconstruct().cpu() - cpu.reconstruct()).double())
         assert diff <= tol * fro(a.double()), f"{decomposer.name}: CPU/CUDA differ by {diff:.3g}"
         assert torch.allclose(gpu.S.cpu(), cpu.S, rtol=tol)
+
+
+def _flat_spectrum_matrix(seed: int, m: int = 120, n: int = 90, ratio: float = 0.99) -> torch.Tensor:
+    """``U diag(s) V^T`` with a slowly decaying spectrum ``s_j = ratio^j`` (no gap)."""
+    g = gen(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    s = ratio ** torch.arange(n, dtype=torch.float64)
+    return (u * s) @ v.T
+
+
+def _captured(a: torch.Tensor, u: torch.Tensor) -> float:
+    return float((u.T @ a).square().sum())
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 10_000), st.integers(3, 12))
+def test_adaptive_iterations_capture_at_least_the_energy_of_the_fixed_ones(seed, k):
+    """Invariant: on a flat spectrum (s_j = 0.99^j, no gap), the adaptive stop (default
+    tolerance 1e-3, at most 8 iterations) captures at least the top-k energy of exactly
+    q = 2 iterations from the same sketch, and never more than the optimum (the exact
+    top-k energy, numpy)."""
+    a = _flat_spectrum_matrix(seed)
+    fixed = RandomizedSVD(tolerance=0.0).decompose(a, k, generator=gen(seed))
+    adaptive = RandomizedSVD().decompose(a, k, generator=gen(seed))
+    best = float(np.sum(np.linalg.svd(a.numpy(), compute_uv=False)[:k] ** 2))
+    assert _captured(a, fixed.U) <= _captured(a, adaptive.U) * (1 + 1e-12)
+    assert _captured(a, adaptive.U) <= best * (1 + 1e-10)
+
+
+def test_adaptive_stop_counts_iterations_by_the_spectrum():
+    """With a clear gap (s_{k+1}/s_k = 1e-3) the adaptive stop ends after the q = 2
+    iterations it always does; on a flat spectrum it uses its budget of 8; with
+    tolerance 0 it does exactly q (each iteration is two QR factorizations)."""
+    from unittest import mock
+
+    def iterations(decomposer, a, k):
+        with mock.patch("torch.linalg.qr", wraps=torch.linalg.qr) as qr:
+            decomposer.decompose(a, k, generator=gen(0))
+        return (qr.call_count - 1) // 2
+
+    g = gen(1)
+    u, _ = torch.linalg.qr(torch.randn(120, 90, generator=g, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(90, 90, generator=g, dtype=torch.float64))
+    s = torch.cat([torch.ones(6), 1e-3 * torch.ones(84)]).double()
+    gapped = (u * s) @ v.T
+    flat = _flat_spectrum_matrix(2, ratio=0.999)
+    assert iterations(RandomizedSVD(), gapped, 6) == 2
+    assert iterations(RandomizedSVD(), flat, 6) == 8
+    assert iterations(RandomizedSVD(tolerance=0.0), flat, 6) == 2
+    assert iterations(RandomizedSVD(power_iterations=0, tolerance=0.0), flat, 6) == 0
+    assert iterations(RandomizedSVD(max_power_iterations=4), flat, 6) == 4

@@ -25,12 +25,12 @@ from pactframe import (
 )
 from pactframe.errors import InputError
 from pactframe.linalg import as_working
+from pactframe.matrix import from_linear_layout, linear_layout
 from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import one_of, real, regex
 from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, covariance_for
 from pactframe_plugins.decomposers.co_svd import ContextOrientedSVD
-from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
 from pactframe_plugins.preprocessors._rank_allocation import (
     RankAllocation,
     allocate_layer,
@@ -44,7 +44,7 @@ __all__ = ["PAVEPurifier", "RankAllocation", "spectral_rank_allocation"]
 
 
 @attrs.frozen
-class PAVEPurifier(Preprocessor):
+class PAVEPurifier(Preprocessor[RankAllocation]):
     """PAVE purification: ``Delta_PAVE = SVD_r(W_ft C) C^-1 - W_base`` per task.
 
     Sun et al., PAVE, eq. 5-6. For a 2-D weight of task ``t`` in the

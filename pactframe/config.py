@@ -36,7 +36,14 @@ from typing import Any
 
 import attrs
 
-from pactframe.contracts import Component, Evaluator, Executor, Merger, Preprocessor
+from pactframe.contracts import (
+    Component,
+    Evaluator,
+    Executor,
+    Merger,
+    Preprocessor,
+    evaluator_level,
+)
 from pactframe.device import COMPUTE_DTYPES, OUTPUT_DTYPES
 from pactframe.errors import (
     ConfigError,
@@ -835,7 +842,7 @@ class _Parser:
             ev = self.component(f"evaluators[{i}]", "evaluator", v)
             if ev is None:
                 continue
-            if getattr(ev, "level", "tensor") != "tensor":
+            if evaluator_level(ev) != "tensor":
                 self.problem(
                     f"evaluators[{i}]: {ev.name!r} is a model-level evaluator; a merge runs only "
                     "tensor-level evaluators. Run model-level evaluation after the merge."

@@ -18,9 +18,13 @@ See docs/plugin-guide.md, "Factored task vectors", and docs/lora.md.
 
 Two-pass components: a preprocessor or merger that needs statistics over the
 whole model before it can treat one tensor (PAVE's per-model rank allocation,
-TIES with a global trim) sets ``needs_prepass = True``. The pipeline then first
-streams every bundle through :meth:`prepare`, which returns a small state
-object, and passes that state to each per-tensor call.
+TIES with a global trim) answers ``needs_prepass`` with ``True`` (a class
+attribute, or a property when it depends on the parameters, as TIES's
+``trim_scope``). The pipeline then first streams every bundle through
+:meth:`prepare`, which returns a small state object (the component's
+:data:`StateT`, e.g. TIES's ``GlobalTrimState``, PAVE's ``RankAllocation``),
+and passes that state to each per-tensor call (``None`` when a tensor is
+merged alone, without a prepass).
 
 To let an executor spread that prepass over workers, a two-pass component also
 implements the split form of :meth:`prepare`: ``prepare_map(bundles)`` turns a
@@ -42,7 +46,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
 import torch
@@ -125,12 +129,36 @@ class Component(abc.ABC):
         return config
 
 
-class _TwoPass:
-    """The prepass API shared by preprocessors and mergers (see the module docstring)."""
+#: The prepass state of a two-pass component: what :meth:`TwoPass.prepare` (or
+#: ``prepare_reduce``) returns and every per-tensor call receives as ``state``.
+#: Any picklable value; the built-ins use small frozen attrs classes (TIES's
+#: ``GlobalTrimState``, PAVE's ``RankAllocation``, EMR's ``EMRState``). A component
+#: declares its state type by subscripting its contract, e.g.
+#: ``class TIES(Merger[GlobalTrimState])``; an unsubscripted contract means ``Any``.
+StateT = TypeVar("StateT")
 
-    needs_prepass: ClassVar[bool] = False
 
-    def prepare(self, bundles: Iterable[LayerBundle]) -> Any:
+class TwoPass(Generic[StateT]):
+    """The prepass API shared by preprocessors and mergers (see the module docstring).
+
+    ``prepare`` returns the state (``StateT``, or ``None`` for "nothing to carry");
+    each ``preprocess``/``merge`` call then receives it as ``state`` (``None``
+    when a tensor is treated alone, without a prepass, which every two-pass
+    component must accept: it then uses that tensor's own statistics).
+    """
+
+    @property
+    def needs_prepass(self) -> bool:
+        """``True`` when this instance needs the whole-model prepass (default ``False``).
+
+        An instance-level question: a subclass may answer it with a class attribute
+        (``needs_prepass: ClassVar[bool] = True``, as PAVE and EMR) or with a
+        property when it depends on the parameters (TIES: only ``trim_scope:
+        global``). The pipeline asks the instance (``pactframe.plan.needs_prepass``).
+        """
+        return False
+
+    def prepare(self, bundles: Iterable[LayerBundle]) -> StateT | None:
         """Whole-model statistics for two-pass components (default: none)."""
         return None
 
@@ -138,7 +166,7 @@ class _TwoPass:
         """The partial statistics of a contiguous run of bundles (split prepass)."""
         raise NotImplementedError(f"{type(self).__name__} has no split prepass.")
 
-    def prepare_reduce(self, partials: Iterable[Any]) -> Any:
+    def prepare_reduce(self, partials: Iterable[Any]) -> StateT | None:
         """The state from the partials of consecutive runs, in plan order (split prepass)."""
         raise NotImplementedError(f"{type(self).__name__} has no split prepass.")
 
@@ -147,9 +175,8 @@ def splits_prepass(component: Any) -> bool:
     """True when ``component`` implements both ``prepare_map`` and ``prepare_reduce``."""
     cls = type(component)
     return (
-        getattr(cls, "prepare_map", _TwoPass.prepare_map) is not _TwoPass.prepare_map
-        and getattr(cls, "prepare_reduce", _TwoPass.prepare_reduce)
-        is not _TwoPass.prepare_reduce
+        getattr(cls, "prepare_map", TwoPass.prepare_map) is not TwoPass.prepare_map
+        and getattr(cls, "prepare_reduce", TwoPass.prepare_reduce) is not TwoPass.prepare_reduce
     )
 
 
@@ -212,18 +239,40 @@ class Decomposer(Component):
         )
 
 
-class Preprocessor(_TwoPass, Component):
+class Preprocessor(TwoPass[StateT], Component):
     """``LayerBundle -> LayerBundle``: rewrites the task vectors of one tensor."""
 
     kind: ClassVar[str] = "preprocessor"
 
     @abc.abstractmethod
-    def preprocess(self, bundle: LayerBundle, state: Any = None) -> LayerBundle:
+    def preprocess(self, bundle: LayerBundle, state: StateT | None = None) -> LayerBundle:
         """Return a bundle with rewritten task vectors (same shapes, device, dtype)."""
 
 
-class Merger(_TwoPass, Component):
-    """``LayerBundle -> MergedTensor``."""
+def float_support_reason(bundle: LayerBundle) -> str | None:
+    """``None`` for a floating-point tensor, else why no merger can take the bundle.
+
+    The one rule for integer and boolean buffers (``position_ids``, step counters):
+    averaging or rescaling them is meaningless. :meth:`Merger.supports` applies it
+    by default; the plan copies such tensors from the base before any merger is
+    asked, so a merger never sees them in a merge.
+    """
+    if not bundle.base.is_floating_point():
+        return (
+            f"tensor {bundle.name!r} has dtype {bundle.base.dtype}; mergers average or rescale "
+            "values, which is meaningless for integer and boolean buffers (keep the base value)"
+        )
+    return None
+
+
+class Merger(TwoPass[StateT], Component):
+    """``LayerBundle -> MergedTensor``.
+
+    :meth:`merge` is called only with bundles :meth:`supports` accepted: the
+    pipeline asks ``supports()`` first (in the plan) and sends declined tensors to
+    the fallback merger. Direct callers do the same; ``merge()`` on a declined
+    bundle (e.g. an integer buffer) is outside the contract and need not check.
+    """
 
     kind: ClassVar[str] = "merger"
     #: True when the method defines per-model weights (``LayerBundle.task_weights``,
@@ -233,23 +282,41 @@ class Merger(_TwoPass, Component):
     #: the exact number of fine-tuned models the method takes (``None``: any);
     #: slerp takes one. The config parser refuses other counts.
     exact_models: ClassVar[int | None] = None
+    #: The name of a float parameter the merged delta is linear in: merging with
+    #: that parameter set to ``a`` gives exactly ``a`` times the delta (and the
+    #: task-conditioned deltas) of ``1.0``, for every tensor. ``None`` (default):
+    #: no such parameter. Tools that tune it (the benchmark's scaling sweep) merge
+    #: once at ``1.0`` and scale; ``pactframe.testing.check_component`` checks the
+    #: linearity. The built-ins with a ``scaling`` parameter set ``"scaling"``.
+    linear_scaling: ClassVar[str | None] = None
 
     def supports(self, bundle: LayerBundle) -> str | None:
         """``None`` if this merger can take the bundle, else the reason it cannot.
 
         The pipeline sends bundles a merger does not support to the configured
-        fallback merger and says so in the report.
+        fallback merger and says so in the report. The default declines
+        non-floating tensors (:func:`float_support_reason`); an override that
+        adds its own rules should keep that one (``super().supports(bundle)``).
         """
-        return None
+        return float_support_reason(bundle)
 
     @abc.abstractmethod
-    def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
+    def merge(self, bundle: LayerBundle, state: StateT | None = None) -> MergedTensor:
         """Merge the bundle's task vectors into one (possibly task-conditioned) delta."""
 
 
 class Evaluator(Component):
-    """Measures. ``level`` is ``"tensor"`` (weight diagnostics during the merge)
-    or ``"model"`` (task accuracy after the merge)."""
+    """Common base of the two evaluator contracts; subclass one of them.
+
+    - :class:`TensorEvaluator` (``level = "tensor"``): weight diagnostics, called
+      per tensor during the merge; its data goes into ``merge_report.json``.
+    - :class:`ModelEvaluator` (``level = "model"``): called once on the whole
+      merged model after the merge (task accuracy).
+
+    A direct subclass of ``Evaluator`` that sets ``level`` and overrides the
+    matching method (the form before the split) still registers and runs;
+    :func:`evaluator_level` tells the two kinds apart for both forms.
+    """
 
     kind: ClassVar[str] = "evaluator"
     level: ClassVar[str] = "tensor"
@@ -257,16 +324,68 @@ class Evaluator(Component):
     def evaluate_tensor(
         self, original: LayerBundle, processed: LayerBundle, merged: MergedTensor | None
     ) -> Mapping[str, Any]:
-        """Per-tensor diagnostics: JSON-serialisable data for the merge report.
-
-        ``original`` is the bundle as read, ``processed`` after the
-        preprocessors, ``merged`` the merger's output (``None`` in dry runs).
-        """
+        """See :meth:`TensorEvaluator.evaluate_tensor`."""
         raise NotImplementedError(f"{type(self).__name__} is not a tensor-level evaluator.")
 
     def evaluate_model(self, model: Any, tasks: Any) -> Mapping[str, Any]:
-        """Model-level evaluation (e.g. per-task accuracy)."""
+        """See :meth:`ModelEvaluator.evaluate_model`."""
         raise NotImplementedError(f"{type(self).__name__} is not a model-level evaluator.")
+
+
+class TensorEvaluator(Evaluator):
+    """Per-tensor weight diagnostics during the merge (e.g. ``intrusion_energy``).
+
+    Configs list it under ``evaluators``; for every merged tensor the pipeline
+    calls :meth:`evaluate_tensor` after the merger, in the worker that merged it,
+    on the tensors' device.
+    """
+
+    level: ClassVar[str] = "tensor"
+
+    @abc.abstractmethod
+    def evaluate_tensor(
+        self, original: LayerBundle, processed: LayerBundle, merged: MergedTensor | None
+    ) -> Mapping[str, Any]:
+        """Per-tensor diagnostics: JSON-serialisable data for the merge report.
+
+        ``original`` is the bundle as read, ``processed`` after the preprocessors.
+        ``merged`` is the merger's output, or ``None`` in a dry run (diagnostics of
+        the inputs without a merge; ``pactframe.testing`` calls both ways): handle
+        both. Copied tensors (non-float buffers) are not evaluated.
+        """
+
+
+class ModelEvaluator(Evaluator):
+    """Evaluates the whole merged model once, after the merge (e.g. ``accuracy``).
+
+    Not run by ``pactframe merge`` (a config that lists one is refused): the
+    caller loads the merged model and calls :meth:`evaluate_model`, as the
+    benchmark does.
+    """
+
+    level: ClassVar[str] = "model"
+
+    @abc.abstractmethod
+    def evaluate_model(self, model: Any, tasks: Any) -> Mapping[str, Any]:
+        """JSON-serialisable results of ``model`` on ``tasks`` (both as the evaluator
+        documents them, e.g. a callable and per-task data for ``accuracy``)."""
+
+
+EVALUATOR_LEVELS: tuple[str, ...] = ("tensor", "model")
+
+
+def evaluator_level(evaluator: Component | type[Component]) -> str:
+    """``"tensor"`` or ``"model"`` (or a pre-split subclass's own, possibly invalid, ``level``).
+
+    A :class:`TensorEvaluator` or :class:`ModelEvaluator` is what it subclasses;
+    a direct :class:`Evaluator` subclass is what its ``level`` says.
+    """
+    cls = evaluator if isinstance(evaluator, type) else type(evaluator)
+    if issubclass(cls, TensorEvaluator):
+        return "tensor"
+    if issubclass(cls, ModelEvaluator):
+        return "model"
+    return str(getattr(cls, "level", "tensor"))
 
 
 class Executor(Component):

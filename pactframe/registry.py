@@ -169,7 +169,10 @@ class Registry:
         resolved = {}
         for key, value in params.items():
             sub_kind = fields[key].metadata.get("component_kind")
-            resolved[key] = self.build(sub_kind, value) if sub_kind else value
+            # null stays null in a component field declared nullable (a MatrixMerger's fallback)
+            if sub_kind and (value is not None or not fields[key].metadata.get("nullable")):
+                value = self.build(sub_kind, value)
+            resolved[key] = value
         try:
             return cls(**resolved)
         except InvalidParameterError:

@@ -21,12 +21,14 @@ import torch
 
 from pactframe.contracts import (
     CONTRACTS,
+    EVALUATOR_LEVELS,
     Component,
     Decomposer,
     Evaluator,
     Executor,
     Merger,
     Preprocessor,
+    evaluator_level,
     splits_prepass,
 )
 from pactframe.errors import InputError
@@ -307,17 +309,70 @@ def check_merger_supports_matrix(inst: Merger) -> None:
     assert reason is None, f"{type(inst).__name__} refuses a 2-D weight: {reason}"
 
 
+def check_merger_linear_scaling(inst: Merger) -> None:
+    """A merger that names a ``linear_scaling`` parameter has it, and its delta (task
+    deltas included) at ``2.5`` is 2.5 times the delta at ``1.0``."""
+    param = type(inst).linear_scaling
+    if param is None:
+        return
+    cls = type(inst)
+    names = [p.name for p in cls.parameters()]
+    assert param in names, (
+        f"{cls.__name__}.linear_scaling names {param!r}, which is not one of its parameters "
+        f"{names}."
+    )
+    evolve: Any = attrs.evolve  # components are attrs classes (check_is_frozen_attrs)
+    one, scaled = evolve(inst, **{param: 1.0}), evolve(inst, **{param: 2.5})
+    for num_tasks in (3, 1):
+        if getattr(inst, "exact_models", None) not in (None, num_tasks):
+            continue
+        bundles = sample_bundles(num_tasks=num_tasks)
+        state_one, state_scaled = _prepared(one, bundles), _prepared(scaled, bundles)
+        for bundle in bundles:
+            if one.supports(bundle) is not None:
+                continue
+            a, b = one.merge(bundle, state_one), scaled.merge(bundle, state_scaled)
+            pairs = [(a.delta, b.delta)]
+            if a.is_task_conditioned:
+                pairs += [(a.task_delta(n), b.task_delta(n)) for n in bundle.task_names]
+            for x, y in pairs:
+                tol = 1e-9 * max(1.0, float(x.abs().max()) if x.numel() else 0.0)
+                assert torch.allclose(y, 2.5 * x, rtol=1e-9, atol=tol), (
+                    f"{bundle.name}: {cls.__name__} with {param}=2.5 is not 2.5 times the "
+                    f"merge with {param}=1.0 (max difference "
+                    f"{float((y - 2.5 * x).abs().max()):.3g}); its delta must be linear in "
+                    f"{param!r}, or set linear_scaling = None."
+                )
+
+
 # ---------------------------------------------------------------- evaluators
 def check_evaluator(inst: Evaluator) -> None:
-    """``level`` is 'tensor' or 'model'; tensor evaluators return JSON-serialisable data."""
-    assert inst.level in ("tensor", "model"), (
-        f"level must be 'tensor' or 'model'; got {inst.level!r}."
+    """A tensor-level (``TensorEvaluator``) or model-level (``ModelEvaluator``) evaluator
+    that implements its method; tensor evaluators return JSON-serialisable data with and
+    without a merged tensor (``merged=None``: a dry run)."""
+    cls = type(inst)
+    level = evaluator_level(inst)
+    assert level in EVALUATOR_LEVELS, (
+        f"level must be 'tensor' or 'model'; got {level!r}. Subclass "
+        "pactframe.TensorEvaluator or pactframe.ModelEvaluator."
     )
-    if inst.level != "tensor":
+    assert inst.level == level, (
+        f"{cls.__name__} is a {level}-level evaluator but sets level = {inst.level!r}."
+    )
+    if level == "model":
+        assert cls.evaluate_model is not Evaluator.evaluate_model, (
+            f"{cls.__name__} is a model-level evaluator without evaluate_model(model, tasks)."
+        )
         return
+    assert cls.evaluate_tensor is not Evaluator.evaluate_tensor, (
+        f"{cls.__name__} is a tensor-level evaluator without evaluate_tensor(original, "
+        "processed, merged)."
+    )
     for bundle in sample_bundles():
-        data = inst.evaluate_tensor(bundle, bundle, None)
-        json.dumps(dict(data))
+        merged = MergedTensor(torch.stack(bundle.task_vectors).mean(dim=0))
+        for m in (None, merged):
+            data = inst.evaluate_tensor(bundle, bundle, m)
+            json.dumps(dict(data))
 
 
 # ---------------------------------------------------------------- split prepass
@@ -396,7 +451,12 @@ KIND_CHECKS: dict[str, list[Callable[[Any], None]]] = {
         check_decomposer_requires_covariance,
     ],
     "preprocessor": [check_preprocessor_output, check_prepass_split],
-    "merger": [check_merger_supports_matrix, check_merger_output, check_prepass_split],
+    "merger": [
+        check_merger_supports_matrix,
+        check_merger_output,
+        check_merger_linear_scaling,
+        check_prepass_split,
+    ],
     "evaluator": [check_evaluator],
     "executor": [check_executor],
 }

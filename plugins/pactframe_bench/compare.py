@@ -2,13 +2,15 @@
 
 For each method and each variant (TIES k, PACT K/k, PAVE rho), one merge with
 ``scaling = 1`` gives ``delta``; every scale ``a`` of the method's grid is
-scored on the VALIDATION split as ``base + a * delta`` (exact: each merger's
-delta is linear in its scaling); when a variant's best scale is the top of the
-grid, the sweep goes on past it (x 1.5 each step) until the score drops. The
-best (variant, scale) by mean validation normalized accuracy is merged again
-with that scaling, timed (wall clock, one process), and evaluated once on the
-TEST split. Results are written per method as soon as they exist, so an
-interrupted run resumes where it stopped.
+scored on the VALIDATION split as ``base + a * delta`` (exact: the merger
+declares the parameter its delta is linear in, ``Merger.linear_scaling``, and
+``pactframe.testing.check_component`` checks it; a method with a grid whose
+merger declares none is skipped, with the reason in the results); when a
+variant's best scale is the top of the grid, the sweep goes on past it (x 1.5
+each step) until the score drops. The best (variant, scale) by mean validation
+normalized accuracy is merged again with that scaling, timed (wall clock, one
+process), and evaluated once on the TEST split. Results are written per method
+as soon as they exist, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,15 +32,25 @@ from pactframe_bench.suite import BuiltSuite
 
 
 def available(method: Method, registry: Registry) -> str | None:
-    """``None`` if every component of ``method`` is registered (and real), else why not."""
+    """``None`` if every component of ``method`` is registered (and real) and its scaling
+    grid can be swept, else why not."""
     for kind, name in sorted(method.components()):
         if (kind, name) not in registry:
             return f"{kind} {name!r} is not registered"
+    if len(method.scalings) > 1 and scaling_parameter(registry, method.merger["name"]) is None:
+        return (
+            f"merger {method.merger['name']!r} declares no parameter its delta is linear in "
+            "(Merger.linear_scaling), so the method's scaling grid cannot be swept; give the "
+            "method scalings=(1.0,) or set linear_scaling on the merger"
+        )
     return None
 
 
-def _has_scaling(registry: Registry, merger: str) -> bool:
-    return any(p.name == "scaling" for p in registry.get("merger", merger).parameters())
+def scaling_parameter(registry: Registry, merger: str) -> str | None:
+    """The name of ``merger``'s linear scaling parameter (``Merger.linear_scaling``:
+    ``base + a * delta`` is exactly the merge with that parameter at ``a``), or ``None``."""
+    value = getattr(registry.get("merger", merger), "linear_scaling", None)
+    return None if value is None else str(value)
 
 
 def load_covariances(suite: BuiltSuite) -> dict[str, dict[str, torch.Tensor]]:
@@ -78,7 +90,10 @@ def tune_method(
 ) -> Tuned:
     """Choose ``method``'s variant and scaling by mean validation normalized accuracy."""
     base = suite.base_state()
-    scalings = method.scalings if _has_scaling(registry, method.merger["name"]) else (1.0,)
+    param = scaling_parameter(registry, method.merger["name"])
+    if param is None and len(method.scalings) > 1:
+        raise ValueError(f"method {method.name!r}: {available(method, registry)}")
+    scalings = method.scalings if param is not None else (1.0,)
     best: tuple[float, int, float] | None = None
     sweep = []
     for index, variant in enumerate(method.variants):
@@ -106,7 +121,7 @@ def tune_method(
     assert best is not None
     score, index, scale = best
     variant = method.variants[index]
-    chosen = {**variant, **({"scaling": scale} if len(scalings) > 1 else {})}
+    chosen = {**variant, **({param: scale} if param is not None and len(scalings) > 1 else {})}
     config = method_config(method, variant, scale, registry)
     return Tuned(method.name, config, chosen, score, sweep)
 
@@ -144,8 +159,9 @@ def method_config(
 ) -> dict[str, Any]:
     """The pipeline recipe (merger, preprocessors, seed) of ``method`` with ``variant``."""
     merger, pres = method.configure(variant)
-    if _has_scaling(registry, merger["name"]):
-        merger["scaling"] = scale
+    param = scaling_parameter(registry, merger["name"])
+    if param is not None:
+        merger[param] = scale
     return {"merger": merger, "preprocessors": pres, "seed": 0}
 
 

@@ -277,3 +277,25 @@ def test_a_rows_cache_key_changes_with_a_components_defaults():
     method = Method("probe", {"name": "probe"})
     assert method_key(method, registry_with(1.0)) == method_key(method, registry_with(1.0))
     assert method_key(method, registry_with(1.0)) != method_key(method, registry_with(2.0))
+
+
+def test_a_scaling_grid_needs_a_merger_that_declares_its_linear_scaling(tmp_path):
+    """The sweep asks the merger (Merger.linear_scaling) instead of assuming a linear
+    ``scaling``: slerp declares none, so a slerp method with a grid is skipped, saying why."""
+    from pactframe_bench.compare import available, compare, scaling_parameter
+    from pactframe_bench.methods import Method
+
+    from pactframe.registry import build_registry
+
+    registry = build_registry()
+    assert scaling_parameter(registry, "slerp") is None
+    assert scaling_parameter(registry, "pact_tsv_m") == "scaling"
+    gridded = Method("slerp", {"name": "slerp"}, scalings=(0.5, 1.0))
+    assert "linear_scaling" in available(gridded, registry)
+    assert available(Method("slerp", {"name": "slerp"}), registry) is None
+    assert all(available(m, registry) is None for m in standard_methods())
+    results = compare(
+        _CountingSuite(tmp_path), [gridded], tmp_path / "results.json", log=lambda m: None
+    )
+    assert "linear_scaling" in results["skipped"]["slerp"]
+    assert "slerp" not in results["rows"]

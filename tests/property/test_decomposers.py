@@ -374,7 +374,9 @@ def test_decomposers_agree_between_cpu_and_cuda(dtype):
         assert torch.allclose(gpu.S.cpu(), cpu.S, rtol=tol)
 
 
-def _flat_spectrum_matrix(seed: int, m: int = 120, n: int = 90, ratio: float = 0.99) -> torch.Tensor:
+def _flat_spectrum_matrix(
+    seed: int, m: int = 120, n: int = 90, ratio: float = 0.99
+) -> torch.Tensor:
     """``U diag(s) V^T`` with a slowly decaying spectrum ``s_j = ratio^j`` (no gap)."""
     g = gen(seed)
     u, _ = torch.linalg.qr(torch.randn(m, n, generator=g, dtype=torch.float64))

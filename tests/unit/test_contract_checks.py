@@ -15,7 +15,18 @@ import attrs
 import pytest
 import torch
 
-from pactframe import Decomposer, Evaluator, MergedTensor, Merger, Preprocessor, Record, param
+from pactframe import (
+    Decomposer,
+    Evaluator,
+    MergedTensor,
+    Merger,
+    ModelEvaluator,
+    Preprocessor,
+    Record,
+    TensorEvaluator,
+    param,
+)
+from pactframe.contracts import evaluator_level
 from pactframe.errors import InputError, PactframeError
 from pactframe.linalg import as_working
 from pactframe.registry import build_registry
@@ -448,8 +459,89 @@ class TensorValued(DeltaNorm):
         return {"norm": original.task_vectors[0].norm()}
 
 
+@attrs.frozen
+class MergedNorm(TensorEvaluator):
+    """Norm of the merged delta (correct: handles the dry run, merged=None)."""
+
+    name: ClassVar[str] = "test_merged_norm"
+
+    def evaluate_tensor(self, original, processed, merged):
+        return {"norm": None if merged is None else float(merged.delta.norm())}
+
+
+@attrs.frozen
+class AssumesMerged(TensorEvaluator):
+    """Broken: fails in a dry run."""
+
+    name: ClassVar[str] = "test_assumes_merged"
+
+    def evaluate_tensor(self, original, processed, merged):
+        return {"norm": float(merged.delta.norm())}
+
+
+@attrs.frozen
+class IgnoresMerged(TensorEvaluator):
+    """Broken: never looks at ``merged`` but returns a tensor only when it is given."""
+
+    name: ClassVar[str] = "test_ignores_merged"
+
+    def evaluate_tensor(self, original, processed, merged):
+        return {"norm": merged.delta.norm() if merged is not None else 0.0}
+
+
+@attrs.frozen
+class Counts(ModelEvaluator):
+    name: ClassVar[str] = "test_counts"
+
+    def evaluate_model(self, model, tasks):
+        return {"tasks": len(tasks)}
+
+
+@attrs.frozen
+class LegacyModelLevel(Evaluator):
+    """Pre-split form: level = "model" on the common base, but no evaluate_model."""
+
+    name: ClassVar[str] = "test_legacy_model"
+    level: ClassVar[str] = "model"
+
+
+@attrs.frozen
+class ModelButTensorLevel(Counts):
+    name: ClassVar[str] = "test_model_but_tensor"
+    level: ClassVar[str] = "tensor"
+
+
 def test_a_correct_evaluator_passes():
-    check_component(DeltaNorm)
+    check_component(DeltaNorm)  # the pre-split form (a direct Evaluator subclass) still passes
+    check_component(MergedNorm)
+    check_component(Counts)
+    assert [evaluator_level(c) for c in (DeltaNorm, MergedNorm, Counts, LegacyModelLevel)] == [
+        "tensor",
+        "tensor",
+        "model",
+        "model",
+    ]
+
+
+def test_tensor_evaluators_are_called_with_and_without_a_merged_tensor():
+    with pytest.raises(AttributeError, match="NoneType"):
+        check_component(AssumesMerged)
+    with pytest.raises(TypeError, match="JSON serializable"):
+        check_component(IgnoresMerged)
+
+
+def test_catches_a_model_level_evaluator_without_evaluate_model():
+    expect_failure(LegacyModelLevel, "model-level evaluator without evaluate_model")
+    expect_failure(ModelButTensorLevel, "is a model-level evaluator but sets level = 'tensor'")
+
+
+def test_the_evaluator_contracts_are_abstract():
+    @attrs.frozen
+    class Empty(TensorEvaluator):
+        name: ClassVar[str] = "test_empty"
+
+    with pytest.raises(TypeError, match="abstract"):
+        Empty()
 
 
 def test_catches_an_evaluator_with_a_bad_level():

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import Evaluator, hookimpl, param
+from pactframe import Evaluator, ModelEvaluator, hookimpl, param
 from pactframe.errors import InputError
 from pactframe.validation import integer
 
@@ -38,7 +38,7 @@ class TaskData:
 
 
 @attrs.frozen
-class Accuracy(Evaluator):
+class Accuracy(ModelEvaluator):
     """Top-1 accuracy of a merged model on each task, and normalized accuracy.
 
     For task ``t`` with examples ``(x_i, y_i)``, ``i = 1..N_t``:
@@ -65,7 +65,6 @@ class Accuracy(Evaluator):
     """
 
     name: ClassVar[str] = "accuracy"
-    level: ClassVar[str] = "model"
 
     batch_size: int = param(
         256, validator=integer(1), help="examples per forward pass when inputs is one tensor"

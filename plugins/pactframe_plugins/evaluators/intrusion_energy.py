@@ -13,16 +13,17 @@ from pactframe import (
     Evaluator,
     LayerBundle,
     MergedTensor,
+    TensorEvaluator,
     component_field,
     hookimpl,
     param,
 )
 from pactframe.linalg import as_working
+from pactframe.matrix import linear_layout
 from pactframe.seeding import generator
 from pactframe.types import LowRank
 from pactframe.validation import integer
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
-from pactframe_plugins.mergers._common import linear_layout
 from pactframe_plugins.preprocessors.pact import (
     check_orthonormal_decomposer,
     core_basis,
@@ -53,7 +54,7 @@ def intrusion_energy_low_rank(delta: LowRank, core: torch.Tensor) -> float | Non
 
 
 @attrs.frozen
-class IntrusionEnergy(Evaluator):
+class IntrusionEnergy(TensorEvaluator):
     """Intrusion Energy of every task vector, before and after the preprocessors.
 
     PACT paper (Shi et al., arXiv 2606.18627), eq. (37)::
@@ -72,10 +73,10 @@ class IntrusionEnergy(Evaluator):
     (``before`` on the bundle as read, ``after`` on the preprocessed one; a zero
     task vector reports ``null``). Non-matrix tensors and a zero base report
     ``{"skipped": reason}`` instead. One decomposition of ``W_0`` per tensor.
+    ``merged`` is not used, so a dry run (``merged=None``) reports the same.
     """
 
     name: ClassVar[str] = "intrusion_energy"
-    level: ClassVar[str] = "tensor"
 
     core_rank: int = param(
         15,

@@ -1,26 +1,26 @@
 """Helpers shared by the built-in mergers (one place, no copies between modules).
 
-- :func:`float_support_reason`: the one rule for tensors no merger can take
-  (integer and boolean buffers such as ``position_ids`` or step counters).
 - :func:`stacked_task_vectors`: the ``T`` task vectors as one ``(T, *shape)`` tensor.
 - :func:`summed_task_vectors`: ``sum_t Delta_t`` accumulated in place (no stack).
 - :func:`polar_in_span`: the orthogonal polar factor of concatenated singular
   vectors on their numerical span, which TSV-M and Iso-CTS use to orthogonalise them.
-- :func:`fallback_field` / :func:`merge_with_fallback`: how the SVD-based mergers
-  treat tensors that are not matrices (biases, norms, 1-D and 0-D tensors).
-- :func:`linear_layout` / :func:`from_linear_layout`: view a transposed
-  (``Conv1D``) weight in the ``(d_out, d_in)`` layout and back.
+- :func:`route_field` / :func:`resolve_route` / :func:`stack_polar`: the ``route``
+  parameter of the SVD backbones and what it selects.
+
+The rule for non-floating tensors is :meth:`pactframe.Merger.supports`'s default
+(:func:`pactframe.contracts.float_support_reason`); the non-matrix fallback and the
+transposed-layout helpers are public in :mod:`pactframe.matrix`; the SVD backbones'
+shared base is :class:`pactframe_plugins.mergers._svd.SVDMerger`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import attrs
 import torch
 
-from pactframe import Decomposer, LayerBundle, MergedTensor, Merger, Record, param
-from pactframe.errors import InputError, InvalidParameterError
+from pactframe import Decomposer, LayerBundle, param
+from pactframe.errors import InputError
 from pactframe.linalg import gram_polar_in_span
 from pactframe.linalg import polar_in_span as linalg_polar_in_span
 from pactframe.validation import one_of
@@ -30,26 +30,6 @@ from pactframe.validation import one_of
 #: Gram matrix of the smaller side, ``auto`` = exact with the ``exact_svd``
 #: decomposer, gram with any other (``randomized_svd``: efficient end to end).
 ROUTES = ("auto", "exact", "gram")
-
-
-def float_support_reason(bundle: LayerBundle) -> str | None:
-    """``None`` for floating-point tensors, else why a merger cannot take the bundle."""
-    if not bundle.base.is_floating_point():
-        return (
-            f"tensor {bundle.name!r} has dtype {bundle.base.dtype}; mergers average or rescale "
-            "values, which is meaningless for integer and boolean buffers (keep the base value)"
-        )
-    return None
-
-
-def require_float(bundle: LayerBundle, merger: str) -> None:
-    """Raise :class:`InputError` when ``merger`` is handed a non-float tensor."""
-    reason = float_support_reason(bundle)
-    if reason is not None:
-        raise InputError(
-            f"The {merger!r} merger cannot merge {reason}. Check supports() first, or "
-            "exclude the tensor from merging."
-        )
 
 
 def stacked_task_vectors(bundle: LayerBundle) -> torch.Tensor:
@@ -140,59 +120,3 @@ def resolve_route(route: str, decomposer: Decomposer) -> str:
     if route != "auto":
         return route
     return "exact" if decomposer.name == "exact_svd" else "gram"
-
-
-def linear_layout(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:
-    """``matrix`` in the ``(d_out, d_in)`` layout (a transposed view when ``input_axis == 0``)."""
-    return matrix if input_axis == 1 else matrix.transpose(0, 1)
-
-
-def from_linear_layout(matrix: torch.Tensor, input_axis: int) -> torch.Tensor:
-    """Inverse of :func:`linear_layout` (contiguous result)."""
-    out = matrix if input_axis == 1 else matrix.transpose(0, 1)
-    return out.contiguous()
-
-
-def _check_fallback(instance: Any, attribute: Any, value: Any) -> None:
-    if not isinstance(value, Merger):
-        raise InvalidParameterError(
-            f"The {attribute.name!r} parameter of {type(instance).__name__} must be a merger "
-            "(a registered merger name, a mapping with 'name', or an instance). "
-            f"Got {value!r} instead."
-        )
-    if value.needs_prepass:
-        raise InvalidParameterError(
-            f"The {attribute.name!r} parameter of {type(instance).__name__} must be a merger "
-            f"without a whole-model prepass; got {value.name!r}, which needs one. Use e.g. "
-            "'average' or 'task_arithmetic' for non-matrix tensors."
-        )
-
-
-def fallback_field(default: Merger) -> Any:
-    """The ``fallback`` field of the SVD-based mergers (a merger for non-matrix tensors)."""
-    return attrs.field(
-        default=default,
-        validator=_check_fallback,
-        metadata={
-            "component_kind": "merger",
-            "help": "merger for tensors that are not matrices (biases, norms, 1-D/0-D); "
-            "its delta is multiplied by this merger's scaling, as in the authors' code",
-        },
-    )
-
-
-def merge_with_fallback(
-    fallback: Merger, bundle: LayerBundle, scaling: float, owner: str
-) -> MergedTensor:
-    """``scaling * fallback(bundle)``: the authors' ``theta_0 + alpha * mean_t Delta_t``
-    for non-matrix tensors when ``fallback`` is plain averaging.
-
-    The result carries a record saying which rule handled the tensor.
-    """
-    result = fallback.merge(bundle)
-    record_data = {"rule": "fallback", "fallback": fallback.name, "reason": "not a matrix"}
-    return attrs.evolve(
-        result,
-        delta=scaling * result.delta,
-        records=(*result.records, Record(owner, record_data)),
-    )

@@ -8,12 +8,7 @@ import attrs
 
 from pactframe import LayerBundle, MergedTensor, Merger, hookimpl, param
 from pactframe.validation import real
-from pactframe_plugins.mergers._common import (
-    float_support_reason,
-    require_float,
-    weight_total,
-    weighted_task_sum,
-)
+from pactframe_plugins.mergers._common import weight_total, weighted_task_sum
 
 
 @attrs.frozen
@@ -37,16 +32,13 @@ class WeightAveraging(Merger):
 
     name: ClassVar[str] = "average"
     accepts_weights: ClassVar[bool] = True
+    linear_scaling: ClassVar[str | None] = "scaling"
 
     scaling: float = param(
         1.0, validator=real(), help="factor multiplying the MEAN of the task vectors"
     )
 
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
         if bundle.task_weights is None:
             mean = weighted_task_sum(bundle).div_(len(bundle.task_vectors))
         else:

@@ -11,11 +11,7 @@ import torch
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.errors import InputError
 from pactframe.validation import real
-from pactframe_plugins.mergers._common import (
-    float_support_reason,
-    require_float,
-    stacked_task_vectors,
-)
+from pactframe_plugins.mergers._common import stacked_task_vectors
 
 
 def elect_mask_unify(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,7 +62,7 @@ class EMRState:
 
 
 @attrs.frozen
-class EMR(Merger):
+class EMR(Merger[EMRState]):
     """EMR-Merging: one unified task vector plus, per task, a sign mask and a rescaler.
 
     Huang et al., "EMR-Merging: Tuning-Free High-Performance Model Merging",
@@ -98,13 +94,11 @@ class EMR(Merger):
 
     name: ClassVar[str] = "emr"
     needs_prepass: ClassVar[bool] = True
+    linear_scaling: ClassVar[str | None] = "scaling"
 
     scaling: float = param(
         1.0, validator=real(), help="factor multiplying the unified vector (paper: none, 1.0)"
     )
-
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> EMRState:
         """Per task, accumulate ``sum_k mean|Delta_t[k]|`` and ``sum_k mean|tau_uni,k mask_t,k|``
@@ -119,7 +113,7 @@ class EMR(Merger):
         task_names: tuple[str, ...] = ()
         terms: list[tuple[list[float], list[float]]] = []
         for bundle in bundles:
-            if float_support_reason(bundle) is not None:
+            if self.supports(bundle) is not None:
                 continue
             if not task_names:
                 task_names = bundle.task_names
@@ -158,7 +152,6 @@ class EMR(Merger):
         return EMRState(task_names, tuple(numerators), tuple(denominators))
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
         stacked = stacked_task_vectors(bundle)
         tau_uni, masks = elect_mask_unify(stacked)
         if state is None:

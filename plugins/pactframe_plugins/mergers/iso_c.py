@@ -7,31 +7,11 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import (
-    Decomposer,
-    LayerBundle,
-    MergedTensor,
-    Merger,
-    Record,
-    component_field,
-    hookimpl,
-    param,
-)
+from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl
 from pactframe.linalg import derived_rtol, gram_svd, truncated_svd
 from pactframe.types import LowRank
-from pactframe.validation import real
-from pactframe_plugins.decomposers.exact_svd import ExactSVD
-from pactframe_plugins.mergers._common import (
-    fallback_field,
-    float_support_reason,
-    merge_with_fallback,
-    require_float,
-    resolve_route,
-    route_field,
-    stacked_task_vectors,
-)
-from pactframe_plugins.mergers.average import WeightAveraging
-from pactframe_plugins.preprocessors.pact import check_orthonormal_decomposer
+from pactframe_plugins.mergers._common import stacked_task_vectors
+from pactframe_plugins.mergers._svd import SVDMerger
 
 
 def flat_spectrum(
@@ -76,7 +56,7 @@ def flat_spectrum_low_rank(parts: list[LowRank], dtype: torch.dtype) -> torch.Te
 
 
 @attrs.frozen
-class IsoC(Merger):
+class IsoC(SVDMerger):
     """Iso-C: ``delta = alpha * U (mean(sigma) I) Vh`` with ``U diag(sigma) Vh = sum_t Delta_t``.
 
     Marczak et al., "No Task Left Behind: Isotropic Model Merging with Common and
@@ -125,26 +105,7 @@ class IsoC(Merger):
 
     name: ClassVar[str] = "iso_c"
 
-    scaling: float = param(
-        1.0, validator=real(), help="alpha multiplying the flattened SUM of the task vectors"
-    )
-    fallback: Merger = fallback_field(WeightAveraging())
-    decomposer: Decomposer = component_field(
-        "decomposer",
-        ExactSVD(),
-        help="selects route 'auto': exact_svd -> exact SVD, any other -> Gram route",
-        validator=check_orthonormal_decomposer,
-    )
-    route: str = route_field()
-
-
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
-    def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
-        if not bundle.is_matrix:
-            return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
+    def merge_matrix(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         factored = bundle.factored_task_vectors
         if all(f is not None for f in factored):  # LoRA task vectors: stay factored
             delta = self.scaling * flat_spectrum_low_rank(
@@ -152,9 +113,8 @@ class IsoC(Merger):
             )
         else:
             summed = stacked_task_vectors(bundle).sum(dim=0)
-            route = resolve_route(self.route, self.decomposer)
             rtol = derived_rtol(summed.shape, summed.dtype)
-            delta = self.scaling * flat_spectrum(summed, rtol, route=route)
+            delta = self.scaling * flat_spectrum(summed, rtol, route=self.resolved_route)
         return MergedTensor(delta, records=(Record(self.name, {"rule": "iso_c"}),))
 
 

@@ -7,34 +7,13 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import (
-    Decomposer,
-    LayerBundle,
-    MergedTensor,
-    Merger,
-    Record,
-    component_field,
-    hookimpl,
-    param,
-)
+from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import as_working, derived_rtol, gram_svd, numerical_rank
+from pactframe.matrix import from_linear_layout, linear_layout
 from pactframe.seeding import generator
 from pactframe.types import LowRank
 from pactframe.validation import real
-from pactframe_plugins.decomposers.exact_svd import ExactSVD
-from pactframe_plugins.mergers._common import (
-    fallback_field,
-    float_support_reason,
-    from_linear_layout,
-    linear_layout,
-    merge_with_fallback,
-    require_float,
-    resolve_route,
-    route_field,
-    stack_polar,
-)
-from pactframe_plugins.mergers.average import WeightAveraging
-from pactframe_plugins.preprocessors.pact import check_orthonormal_decomposer
+from pactframe_plugins.mergers._svd import SVDMerger, TripletStack
 
 
 def subspace_sizes(rank: int, num_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -52,7 +31,7 @@ def subspace_sizes(rank: int, num_tasks: int, common_space_fraction: float) -> t
 
 
 @attrs.frozen
-class IsoCTS(Merger):
+class IsoCTS(SVDMerger):
     """Iso-CTS: common subspace of the sum plus task-specific residual subspaces,
     orthogonalised, with a flat (isotropic) spectrum. SUM convention.
 
@@ -113,34 +92,18 @@ class IsoCTS(Merger):
 
     name: ClassVar[str] = "iso_cts"
 
-    scaling: float = param(1.0, validator=real(), help="alpha multiplying the merged SUM")
     common_space_fraction: float = param(
         0.8,
         validator=real(0.0, 1.0),
         help="fraction f of the min(m, n) directions taken from the common space of the "
         "sum (rest split equally between tasks); FusionBench common_space_fraction",
     )
-    fallback: Merger = fallback_field(WeightAveraging())
-    decomposer: Decomposer = component_field(
-        "decomposer",
-        ExactSVD(),
-        help="the residuals' top-s triplets: 'exact_svd' (the authors') or 'randomized_svd'",
-        validator=check_orthonormal_decomposer,
-    )
-    route: str = route_field()
 
-
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
-    def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
-        if not bundle.is_matrix:
-            return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
+    def merge_matrix(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         axis = bundle.input_axis
         factored = bundle.factored_task_vectors
         T = bundle.num_tasks
-        route = resolve_route(self.route, self.decomposer)
+        route = self.resolved_route
         lin: list[LowRank] = []
         deltas: list[torch.Tensor] = []
         if all(f is not None for f in factored):  # LoRA task vectors: SVDs from the factors
@@ -168,7 +131,7 @@ class IsoCTS(Merger):
         common = min(common, numerical_rank(S, derived_rtol(shape, dtype)))  # as Iso-C
         residual_rtol = derived_rtol(shape, dtype)
         u_common = U[:, :common]
-        us, ss, vhs = [], [], []
+        stack = TripletStack()
         for t in range(T):
             if lin:  # R_t = (B - U_c U_c^T B) A, still factored
                 f = lin[t]
@@ -184,16 +147,12 @@ class IsoCTS(Merger):
                 )
                 u_t, s_t, vh_t = f_t.U, f_t.S, f_t.Vh
                 scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
-            keep = min(per_task, numerical_rank(s_t, residual_rtol, scale))
-            us.append(u_t[:, :keep])
-            ss.append(s_t[:keep])
-            vhs.append(vh_t[:keep])
-        sigma_hat = torch.cat([*ss, S[:common]])
-        if sigma_hat.numel() == 0:
+            stack.add(u_t, s_t, vh_t, min(per_task, numerical_rank(s_t, residual_rtol, scale)))
+        stack.add(U, S, Vh, common)  # the common space, after the task-specific slots
+        if sum(stack.kept) == 0:
             merged = torch.zeros(shape, dtype=dtype, device=bundle.base.device)
         else:
-            u_perp = stack_polar(torch.cat([*us, u_common], dim=1), route)
-            vh_perp = stack_polar(torch.cat([*vhs, Vh[:common]], dim=0), route)
+            u_perp, sigma_hat, vh_perp = stack.orthogonalised(route)
             merged = self.scaling * sigma_hat.mean() * (u_perp @ vh_perp)
         delta = from_linear_layout(merged, axis).to(bundle.base.dtype)
         sizes = {"rule": "iso_cts", "common_dims": common, "dims_per_task": per_task}

@@ -8,12 +8,7 @@ import attrs
 
 from pactframe import LayerBundle, MergedTensor, Merger, hookimpl, param
 from pactframe.validation import instance_of
-from pactframe_plugins.mergers._common import (
-    float_support_reason,
-    require_float,
-    weight_total,
-    weighted_task_sum,
-)
+from pactframe_plugins.mergers._common import weight_total, weighted_task_sum
 
 
 @attrs.frozen
@@ -43,11 +38,7 @@ class LinearMerge(Merger):
         help="divide by the sum of the weights (mergekit 'normalize', default true)",
     )
 
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
         total = weighted_task_sum(bundle)
         if self.normalize:
             return MergedTensor(total.div_(weight_total(bundle)))

@@ -77,7 +77,7 @@ def pact_preset(class_name: str, name: str, backbone: type[Merger], doc: str) ->
     :class:`PACTAligner`'s followed by ``backbone``'s (same defaults, validators, help).
     A field in :data:`SHARED_FIELDS` that both have appears once (PACT's) and
     reaches both, so ``decomposer: randomized_svd`` is Efficient PACT end to end."""
-    if backbone.needs_prepass:
+    if backbone().needs_prepass:  # the default instance (needs_prepass may be a property)
         raise ContractError(
             f"PACT presets need a single-pass backbone; {backbone.name!r} has a prepass."
         )
@@ -97,6 +97,7 @@ def pact_preset(class_name: str, name: str, backbone: type[Merger], doc: str) ->
         "name": name,
         "backbone": backbone,
         "accepts_weights": backbone.accepts_weights,  # per-model weights reach the backbone
+        "linear_scaling": backbone.linear_scaling,  # PACT does not depend on it
         "__doc__": doc,
         "__module__": __name__,
     }

@@ -13,7 +13,6 @@ import torch
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.errors import InputError, InvalidParameterError
 from pactframe.validation import real
-from pactframe_plugins.mergers._common import float_support_reason, require_float
 
 #: a layer index in a state-dict key: ``model.layers.12.``, ``transformer.h.3.``...
 DEFAULT_LAYER_PATTERN = r"\.(?:layers|layer|h|blocks|block)\.(\d+)\."
@@ -199,11 +198,7 @@ class SLERP(Merger):
             return float(setting)
         return gradient_value(setting, self.position(name))
 
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
         if bundle.num_tasks != 1:
             raise InputError(
                 f"slerp interpolates the base and exactly one fine-tuned model; tensor "

@@ -8,12 +8,7 @@ import attrs
 
 from pactframe import LayerBundle, MergedTensor, Merger, hookimpl, param
 from pactframe.validation import instance_of, real
-from pactframe_plugins.mergers._common import (
-    float_support_reason,
-    require_float,
-    weight_total,
-    weighted_task_sum,
-)
+from pactframe_plugins.mergers._common import weight_total, weighted_task_sum
 
 
 @attrs.frozen
@@ -41,6 +36,7 @@ class TaskArithmetic(Merger):
 
     name: ClassVar[str] = "task_arithmetic"
     accepts_weights: ClassVar[bool] = True
+    linear_scaling: ClassVar[str | None] = "scaling"
 
     scaling: float = param(
         0.3, validator=real(), help="lambda multiplying the SUM of the task vectors"
@@ -51,11 +47,7 @@ class TaskArithmetic(Merger):
         help="divide the weighted sum by the sum of the weights (mergekit 'normalize')",
     )
 
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
         total = weighted_task_sum(bundle)
         if self.normalize:
             total.div_(weight_total(bundle))

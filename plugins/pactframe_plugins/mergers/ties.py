@@ -13,7 +13,6 @@ import torch
 from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.errors import InputError
 from pactframe.validation import one_of, real
-from pactframe_plugins.mergers._common import float_support_reason, require_float
 from pactframe_plugins.mergers._selection import kth_largest
 
 #: magnitudes are binned by the top 20 bits of their float32 bit pattern (sign bit
@@ -135,7 +134,7 @@ class GlobalTrimState:
 
 
 @attrs.frozen
-class TIES(Merger):
+class TIES(Merger[GlobalTrimState]):
     """TIES-Merging: trim each task to its top-k% magnitudes, elect a sign per entry
     by mass, merge only the agreeing entries (mean or sum).
 
@@ -188,6 +187,7 @@ class TIES(Merger):
 
     name: ClassVar[str] = "ties"
     accepts_weights: ClassVar[bool] = True
+    linear_scaling: ClassVar[str | None] = "scaling"
 
     scaling: float = param(
         1.0, validator=real(), help="lambda multiplying the merged vector (see 'disjoint')"
@@ -211,13 +211,10 @@ class TIES(Merger):
         "the whole model (needs a prepass over all tensors)",
     )
 
-    @property  # type: ignore[misc]
-    def needs_prepass(self) -> bool:  # type: ignore[override]
+    @property
+    def needs_prepass(self) -> bool:
         """Only the global trim needs whole-model statistics."""
         return self.trim_scope == "global"
-
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
 
     def prepare(self, bundles: Iterable[LayerBundle]) -> GlobalTrimState | None:
         """One streaming pass: per-task magnitude histograms -> global thresholds."""
@@ -233,7 +230,7 @@ class TIES(Merger):
         task_names: tuple[str, ...] | None = None
         counts: list[torch.Tensor] = []
         for bundle in bundles:
-            if float_support_reason(bundle) is not None:
+            if self.supports(bundle) is not None:
                 continue
             if task_names is None:
                 task_names = bundle.task_names
@@ -310,7 +307,6 @@ class TIES(Merger):
         ]
 
     def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
         tvs = bundle.task_vectors
         scratch = torch.empty(tvs[0].shape, dtype=tvs[0].dtype, device=tvs[0].device)
         keeps = self._trim_masks(bundle, state, scratch)

@@ -7,31 +7,11 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import (
-    Decomposer,
-    LayerBundle,
-    MergedTensor,
-    Merger,
-    Record,
-    component_field,
-    hookimpl,
-    param,
-)
+from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import as_working, numerical_rank, rank_rtol
 from pactframe.seeding import generator
-from pactframe.validation import one_of, real
-from pactframe_plugins.decomposers.exact_svd import ExactSVD
-from pactframe_plugins.mergers._common import (
-    fallback_field,
-    float_support_reason,
-    merge_with_fallback,
-    require_float,
-    resolve_route,
-    route_field,
-    stack_polar,
-)
-from pactframe_plugins.mergers.average import WeightAveraging
-from pactframe_plugins.preprocessors.pact import check_orthonormal_decomposer
+from pactframe.validation import one_of
+from pactframe_plugins.mergers._svd import SVDMerger, TripletStack
 
 RANK_SPLITS = ("floor", "balanced")
 
@@ -53,7 +33,7 @@ def task_ranks(rank: int, num_tasks: int, rank_split: str) -> list[int]:
 
 
 @attrs.frozen
-class TSVM(Merger):
+class TSVM(SVDMerger):
     """TSV-M: keep each task's top singular triplets, orthogonalise, reassemble (SUM).
 
     Gargiulo et al., "Task Singular Vectors: Reducing Task Interference in Model
@@ -117,36 +97,20 @@ class TSVM(Merger):
 
     name: ClassVar[str] = "tsv_m"
 
-    scaling: float = param(1.0, validator=real(), help="alpha multiplying the merged SUM")
     rank_split: str = param(
         "floor",
         validator=one_of(RANK_SPLITS),
         help="per-task budget of the min(m, n) slots: 'floor' = int(r/T) each, remainder "
         "empty (original TSV); 'balanced' = first r mod T tasks get one more (PACT repo)",
     )
-    fallback: Merger = fallback_field(WeightAveraging())
-    decomposer: Decomposer = component_field(
-        "decomposer",
-        ExactSVD(),
-        help="per-task top-k_t triplets: 'exact_svd' (the authors') or 'randomized_svd'",
-        validator=check_orthonormal_decomposer,
-    )
-    route: str = route_field()
 
-
-    def supports(self, bundle: LayerBundle) -> str | None:
-        return float_support_reason(bundle)
-
-    def merge(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
-        require_float(bundle, self.name)
-        if not bundle.is_matrix:
-            return merge_with_fallback(self.fallback, bundle, self.scaling, self.name)
+    def merge_matrix(self, bundle: LayerBundle, state: Any = None) -> MergedTensor:
         ranks = task_ranks(min(bundle.base.shape), bundle.num_tasks, self.rank_split)
         record = Record(self.name, {"rule": "tsv_m", "task_ranks": ranks})
         if sum(ranks) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
-        route = resolve_route(self.route, self.decomposer)
-        us, ss, vhs = [], [], []
+        route = self.resolved_route
+        stack = TripletStack()
         factored = bundle.factored_task_vectors
         for t, k in enumerate(ranks):
             low_rank = factored[t]
@@ -157,17 +121,14 @@ class TSVM(Merger):
                 a = as_working(bundle.task_vectors[t])
                 f = self.decomposer.decompose(a, k, generator=generator(bundle.seed, self.name, t))
                 keep = min(k, numerical_rank(f.S, rank_rtol(a.shape, a.dtype)))  # clip to rank
-            us.append(f.U[:, :keep])
-            ss.append(f.S[:keep])
-            vhs.append(f.Vh[:keep])
-        kept = [int(s.numel()) for s in ss]
+            stack.add(f.U, f.S, f.Vh, keep)
+        kept = stack.kept
         if sum(kept) < sum(ranks):
             record = Record(self.name, {"rule": "tsv_m", "task_ranks": ranks, "kept_ranks": kept})
         if sum(kept) == 0:
             return MergedTensor(torch.zeros_like(bundle.base), records=(record,))
-        u_perp = stack_polar(torch.cat(us, dim=1), route)
-        vh_perp = stack_polar(torch.cat(vhs, dim=0), route)
-        merged = (u_perp * torch.cat(ss).unsqueeze(0)) @ vh_perp
+        u_perp, sigma_hat, vh_perp = stack.orthogonalised(route)
+        merged = (u_perp * sigma_hat.unsqueeze(0)) @ vh_perp
         delta = (self.scaling * merged).to(bundle.base.dtype)
         return MergedTensor(delta, records=(record,))
 

@@ -30,11 +30,11 @@ from pactframe import (
 )
 from pactframe.errors import InputError, InvalidParameterError
 from pactframe.linalg import as_working, numerical_rank, orth, rank_rtol, unit_scale_rtol
+from pactframe.matrix import from_linear_layout, linear_layout
 from pactframe.seeding import generator
 from pactframe.types import Factorization, LowRank
 from pactframe.validation import integer, one_of, regex
 from pactframe_plugins.decomposers.exact_svd import ExactSVD
-from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
 
 #: Names PACT leaves alone by default (searched anywhere in the tensor name):
 #: token / position embeddings, classification and LM heads, every norm

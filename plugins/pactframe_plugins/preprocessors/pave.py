@@ -25,12 +25,12 @@ from pactframe import (
 )
 from pactframe.errors import InputError, InvalidParameterError
 from pactframe.linalg import as_working, gram_rtol, numerical_rank
+from pactframe.matrix import from_linear_layout, linear_layout
 from pactframe.seeding import generator
 from pactframe.types import Factorization
 from pactframe.validation import one_of, real, regex
 from pactframe_plugins.decomposers._context_svd import CovarianceWeightedSVD, covariance_for
 from pactframe_plugins.decomposers.co_svd import ContextOrientedSVD
-from pactframe_plugins.mergers._common import from_linear_layout, linear_layout
 from pactframe_plugins.preprocessors._rank_allocation import (
     RankAllocation,
     allocate_layer,
@@ -90,7 +90,7 @@ class GramFactors:
 
 
 @attrs.frozen
-class PAVEPurifier(Preprocessor):
+class PAVEPurifier(Preprocessor[RankAllocation]):
     """PAVE purification: ``Delta_PAVE = SVD_r(W_ft C) C^-1 - W_base`` per task.
 
     Sun et al., PAVE, eq. 5-6. For a 2-D weight of task ``t`` in the

@@ -139,6 +139,7 @@ def test_asymmetry_from_rounding_is_tolerated():
 
 @settings(max_examples=60, deadline=None)
 @example(eigenvalues=[0.0, 2.2250738585e-313], negative=0.0, seed=0)  # subnormal, found here
+@example(eigenvalues=[0.0, 2.810883793252784e-163], negative=0.0, seed=0)  # norm underflow
 @given(
     eigenvalues=st.lists(st.floats(0.0, 10.0), min_size=2, max_size=12),
     negative=st.floats(0.0, 5.0),
@@ -159,8 +160,11 @@ def test_the_psd_check_agrees_with_numpy_eigenvalues(eigenvalues, negative, seed
     lam[np.argmin(lam)] = -negative
     c = (q * lam) @ q.T
     c = 0.5 * (c + c.T)
-    lowest = float(np.linalg.eigvalsh(c)[0])
-    bound = psd_tolerance(d, torch.float64) * float(np.linalg.norm(c))
+    # the reference works on c / max|c| too: numpy's norm of a matrix of 1e-163 entries
+    # underflows to 0 (its squares are below the smallest double), a bound of 0
+    unit = c / np.abs(c).max()
+    lowest = float(np.linalg.eigvalsh(unit)[0])
+    bound = psd_tolerance(d, torch.float64) * float(np.linalg.norm(unit))
     problem = covariance_problem(torch.from_numpy(c))
     if lowest < -2 * bound:
         assert problem is not None and "not positive semi-definite" in problem

@@ -14,7 +14,7 @@ tsv_m         tsv_m                                  tsv_m, decomposer randomize
 iso_c         iso_c                                  iso_c, route gram
 pact_tsv_m    pact_tsv_m                             pact_tsv_m, decomposer randomized_svd
 pact_iso_c    pact_iso_c                             pact_iso_c, decomposer randomized_svd
-pave_ta       pave (precision float64) + TA          pave (precision float32) + TA
+pave_ta       pave (route exact, float64) + TA       pave (default: route gram) + TA
 ============  =====================================  ======================================
 
 (with ``randomized_svd`` the SVD backbones take their Gram route, ``route: auto``;
@@ -26,9 +26,10 @@ Shapes: ``--shapes 1024x8,2048x2`` (hidden x layers; intermediate = hidden *
 11008 / 4096 rounded to a multiple of 64, vocabulary 8192, 16 heads' worth of
 square attention projections); ``--tasks 3,8``. Weights: base ``N(0, 0.02)``;
 task ``t``: ``base + 2e-3 L_t R_t^T / 4 + 2e-4 G_t`` (a rank-16 part and a dense
-noise floor, full rank). PAVE gets one generated covariance per linear weight
-(``X^T X / N`` of Gaussian inputs with a decaying channel scale, ``N = 2 d_in``),
-shared by all tasks (its cost does not depend on the values).
+noise floor, full rank). PAVE gets one generated covariance per task and layer
+input (``X^T X / N`` of Gaussian inputs with a decaying channel scale, ``N = 2 d_in``),
+stored under each weight that reads that input (q/k/v one, gate/up one, o_proj and
+down_proj their own), as collection gives them.
 
 Per-layer extrapolation to a 7B shape (hidden 4096, intermediate 11008, 32
 layers): for each method, ``t_4096 = t_2048 * (t_2048 / t_1024) ** 1`` per layer
@@ -80,8 +81,20 @@ def layer_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
     }
 
 
+#: The layer input each linear weight reads (one covariance per group, task and layer).
+INPUT_GROUP = {
+    "self_attn.q_proj.weight": "attention input",
+    "self_attn.k_proj.weight": "attention input",
+    "self_attn.v_proj.weight": "attention input",
+    "self_attn.o_proj.weight": "attention output",
+    "mlp.gate_proj.weight": "mlp input",
+    "mlp.up_proj.weight": "mlp input",
+    "mlp.down_proj.weight": "mlp hidden",
+}
+
+
 def make_checkpoints(folder: Path, hidden: int, layers: int, tasks: int, vocab: int) -> None:
-    """Write base.safetensors, ft{t}.safetensors and cov.safetensors (cached)."""
+    """Write base.safetensors, ft{t}.safetensors and cov{t}.safetensors (cached)."""
     import torch
     from safetensors.torch import save_file
 
@@ -119,18 +132,27 @@ def make_checkpoints(folder: Path, hidden: int, layers: int, tasks: int, vocab: 
             low = 2e-3 * (left @ right.T) / 4 / math.sqrt(16)
             ft[key] = w + low + 2e-4 * torch.randn(w.shape, generator=g)
         save_file({k: v.half() for k, v in ft.items()}, str(folder / f"ft{t}.safetensors"))
-    covs, layouts, samples = {}, {}, {}
-    cache: dict[int, Any] = {}
-    for key, shape in shapes.items():
-        if len(shape) != 2 or "embed" in key or "lm_head" in key:
-            continue
-        d = shape[1]
-        if d not in cache:
-            scale = torch.logspace(0, -2, d).sqrt()
-            x = torch.randn(2 * d, d, generator=g) * scale
-            cache[d] = (x.T @ x) / (2 * d)
-        covs[key], layouts[key], samples[key] = cache[d].clone(), "linear", 2 * d
-    save_covariances(folder / "cov.safetensors", covs, layouts, samples, source="scale.py")
+    # One covariance per task and per layer INPUT, as collection gives them: q/k/v read
+    # the same input (one matrix stored under each of their keys), gate/up another,
+    # o_proj and down_proj their own; every task's differ (its own fine-tuned model
+    # and data), so no damping decision can be shared across tasks.
+    for t in range(tasks):
+        covs, layouts, samples = {}, {}, {}
+        for i in range(layers):
+            groups: dict[str, list[str]] = {}
+            for key, group in INPUT_GROUP.items():
+                groups.setdefault(group, []).append(key)
+            for keys in groups.values():
+                d = layer_shapes(hidden)[keys[0]][1]
+                scale = torch.logspace(0, -2, d).sqrt()
+                x = torch.randn(2 * d, d, generator=g) * scale
+                cov = (x.T @ x) / (2 * d)
+                for key in keys:
+                    full = f"model.layers.{i}.{key}"
+                    covs[full], layouts[full], samples[full] = cov.clone(), "linear", 2 * d
+        save_covariances(
+            folder / f"cov{t}.safetensors", covs, layouts, samples, source="scale.py"
+        )
     done.write_text(json.dumps({"hidden": hidden, "layers": layers, "tasks": tasks}))
 
 
@@ -150,7 +172,10 @@ def method_config(method: str, variant: str, folder: Path, tasks: int, device: s
     elif method in ("pact_tsv_m", "pact_iso_c"):
         merger = {"name": method, **({"decomposer": rsvd} if efficient else {})}
     elif method == "pave_ta":
-        preprocessors = [{"name": "pave", "precision": "float32" if efficient else "float64"}]
+        # exact: the SVD of W C_reg in float64 mapped back by C_reg^-1 (PAVE before
+        # issue 13); efficient: the default Gram route
+        exact_pave = {"name": "pave", "route": "exact", "precision": "float64"}
+        preprocessors = [{"name": "pave"} if efficient else exact_pave]
         merger = {"name": "task_arithmetic", "scaling": 0.3}
     else:
         raise SystemExit(f"unknown method {method!r}; choose from {METHODS}")
@@ -158,7 +183,7 @@ def method_config(method: str, variant: str, folder: Path, tasks: int, device: s
     for t in range(tasks):
         model: dict[str, Any] = {"name": f"task{t}", "path": str(folder / f"ft{t}.safetensors")}
         if method == "pave_ta":
-            model["covariance"] = str(folder / "cov.safetensors")
+            model["covariance"] = str(folder / f"cov{t}.safetensors")
         models.append(model)
     return {
         "base": str(folder / "base.safetensors"),
@@ -254,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     per_layer: dict[tuple[str, str, int], dict[int, float]] = {}
     for hidden, layers in shapes:
         for tasks in task_counts:
-            folder = args.work / f"h{hidden}_l{layers}_t{tasks}_v{args.vocab}"
+            folder = args.work / f"h{hidden}_l{layers}_t{tasks}_v{args.vocab}_c2"
             make_checkpoints(folder, hidden, layers, tasks, args.vocab)
             print(f"\n## hidden {hidden}, {layers} layers, T = {tasks}")
             print("| method | variant | wall s | x TA | peak RSS MiB | x TA | load1 |")

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from pactframe import build_registry
 from pactframe.config import parse_config
@@ -25,7 +27,9 @@ def _scale():
 
 def test_efficient_configs_reach_the_backbone_and_pave_precision(tmp_path):
     """Efficient PACT-TSVM: randomized_svd in PACT and TSV-M (Gram route); Iso-C efficient
-    takes the Gram route; PAVE's efficient variant is float32, its exact one float64."""
+    takes the Gram route; PAVE's efficient variant is the default Gram route, its exact one
+    the float64 SVD route; each task has its own covariance file, shared within a task by
+    the weights that read one input (q/k/v, gate/up) and different across tasks."""
     scale = _scale()
     scale.make_checkpoints(tmp_path, hidden=64, layers=1, tasks=2, vocab=128)
     registry = build_registry()
@@ -39,8 +43,22 @@ def test_efficient_configs_reach_the_backbone_and_pave_precision(tmp_path):
     assert recipe.merger.merger.decomposer.name == "randomized_svd"
     assert merger("pact_tsv_m", "exact").merger.merger.decomposer.name == "exact_svd"
     assert merger("iso_c", "efficient").merger.route == "gram"
-    assert merger("pave_ta", "efficient").preprocessors[0].precision == "float32"
-    assert merger("pave_ta", "exact").preprocessors[0].precision == "float64"
+    assert merger("pave_ta", "efficient").preprocessors[0].uses_gram
+    exact = merger("pave_ta", "exact").preprocessors[0]
+    assert not exact.uses_gram and exact.precision == "float64"
+
+    covs = [load_file(str(tmp_path / f"cov{t}.safetensors")) for t in range(2)]
+    layer = "model.layers.0."
+    for t in range(2):
+        q, k, v = (covs[t][f"{layer}self_attn.{p}_proj.weight"] for p in "qkv")
+        assert torch.equal(q, k) and torch.equal(q, v)
+        gate, up = (covs[t][f"{layer}mlp.{p}_proj.weight"] for p in ("gate", "up"))
+        assert torch.equal(gate, up) and not torch.equal(
+            q, covs[t][f"{layer}self_attn.o_proj.weight"]
+        )
+    assert not torch.equal(
+        covs[0][f"{layer}mlp.down_proj.weight"], covs[1][f"{layer}mlp.down_proj.weight"]
+    )
     assert scale.intermediate_size(4096) == 11008
 
 

@@ -18,7 +18,6 @@ their own components without installing entry points.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,31 +25,17 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.config import MergeSpec, load_config, parse_config
+from pactframe.config import MergeSpec, load_spec, parse_config
 from pactframe.contracts import Executor
 from pactframe.errors import ConfigError, InputError
 from pactframe.plan import MergePlan
 from pactframe.registry import Registry
 from pactframe.sources import DictCovarianceSource, Sources, StateDictSource
+from pactframe.timings import RunTimings
 
 Config = MergeSpec | Mapping[str, Any] | str | os.PathLike[str]
 StateLike = Mapping[str, torch.Tensor] | torch.nn.Module
 ExecutorLike = str | Mapping[str, Any] | Executor
-
-
-def load_spec(
-    config: Config,
-    *,
-    registry: Registry | None = None,
-    base_dir: str | os.PathLike[str] | None = None,
-    check_files: bool = True,
-) -> MergeSpec:
-    """A :class:`MergeSpec` from a path, a dict or a spec."""
-    if isinstance(config, MergeSpec):
-        return config
-    if isinstance(config, Mapping):
-        return parse_config(config, registry=registry, base_dir=base_dir, check_files=check_files)
-    return load_config(config, registry=registry, check_files=check_files)
 
 
 def with_executor(
@@ -241,16 +226,14 @@ def merge_state_dicts(
             for n in names
         ),
     )
-    from pactframe.device import peak_device_bytes, peak_rss_bytes
-    from pactframe.report import build_report
-
-    started = time.perf_counter()
+    timings = RunTimings()
     pipeline = MergePipeline(spec, sources=sources, device=device)
     plan = pipeline.plan()
+    timings.plan_s = timings.elapsed()
     state: dict[str, torch.Tensor] = {}
     entries = []
     modulators = {}
-    for result in pipeline.results():
+    for result in pipeline.results(timings=timings):
         state[result.plan.name] = result.tensor
         entries.append(result.report)
         m = result.merged
@@ -258,14 +241,5 @@ def merge_state_dicts(
             assert m.task_masks is not None and m.task_scales is not None
             masks = tuple(mask.to("cpu", torch.bool) for mask in m.task_masks)
             modulators[result.plan.name] = (masks, tuple(float(x) for x in m.task_scales))
-    pipeline.timings["total_s"] = time.perf_counter() - started
-    report = build_report(
-        pipeline,
-        plan,
-        entries,
-        peak_rss=peak_rss_bytes(),
-        peak_device=peak_device_bytes(pipeline.device),
-        modulators=None,
-        shards=[],
-    )
+    report = pipeline.report(plan, entries, timings.finish(), shards=[])
     return MergeResult(state, report, names, sources.base, modulators)

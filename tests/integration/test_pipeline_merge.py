@@ -354,3 +354,17 @@ def test_pipeline_from_yaml_path(tmp_path):
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(cfg))
     pipe = MergePipeline.from_config(tmp_path / "merge.yaml", registry=test_registry())
     assert pipe.spec.base == bp and len(pipe.plan().tensors) == len(base)
+
+
+def test_merge_state_dicts_keeps_the_merged_deltas_when_asked():
+    base = tiny_model(0)
+    models = [finetune(base, 1), finetune(base, 2)]
+    config = {"merger": "t_sum", "fallback": "t_mean"}
+    plain = merge_state_dicts(base, models, config, registry=test_registry())
+    kept = merge_state_dicts(base, models, config, registry=test_registry(), keep_merged=True)
+    assert plain.merged == {} and sorted(kept.merged) == sorted(base)
+    assert kept.merged["position_ids"] is None  # copied from the base
+    for key in ("layers.0.attn.q.weight", "layers.0.norm.weight"):
+        delta = kept.merged[key].delta
+        torch.testing.assert_close(kept[key], base[key] + delta.to(base[key].dtype))
+        assert torch.equal(kept[key], plain[key])

@@ -126,7 +126,8 @@ def check(
     """Every problem of a merge, collected, without merging (``pactframe validate``):
     the config's, the executor's settings, then the files, headers and plan (checked
     even when the recipe part of the config is wrong). Only an unreadable config file
-    raises; everything else is in ``problems``. No tensor is merged, nothing written."""
+    or a broken plugin raises (a ``PactframeError``); everything else is in
+    ``problems``. No tensor is merged, nothing is written."""
     from pactframe.errors import PactframeError
     from pactframe.pipeline import MergePipeline
 

@@ -18,7 +18,6 @@ their own components without installing entry points.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,31 +25,26 @@ from typing import Any
 import attrs
 import torch
 
-from pactframe.config import MergeSpec, load_config, parse_config
+from pactframe.config import (
+    ConfigAnalysis,
+    ConfigProblems,
+    MergeSpec,
+    analyse_config,
+    load_spec,  # also pactframe.api.load_spec (it lives in pactframe.config)
+    parse_config,
+    read_config_data,
+)
 from pactframe.contracts import Executor
 from pactframe.errors import ConfigError, InputError
-from pactframe.plan import MergePlan
+from pactframe.plan import MergePlan, check_sources, make_plan
 from pactframe.registry import Registry
 from pactframe.sources import DictCovarianceSource, Sources, StateDictSource
+from pactframe.timings import RunTimings
+from pactframe.types import MergedTensor
 
 Config = MergeSpec | Mapping[str, Any] | str | os.PathLike[str]
 StateLike = Mapping[str, torch.Tensor] | torch.nn.Module
 ExecutorLike = str | Mapping[str, Any] | Executor
-
-
-def load_spec(
-    config: Config,
-    *,
-    registry: Registry | None = None,
-    base_dir: str | os.PathLike[str] | None = None,
-    check_files: bool = True,
-) -> MergeSpec:
-    """A :class:`MergeSpec` from a path, a dict or a spec."""
-    if isinstance(config, MergeSpec):
-        return config
-    if isinstance(config, Mapping):
-        return parse_config(config, registry=registry, base_dir=base_dir, check_files=check_files)
-    return load_config(config, registry=registry, check_files=check_files)
 
 
 def with_executor(
@@ -92,6 +86,89 @@ def with_executor(
     return attrs.evolve(spec, executor=built)
 
 
+@attrs.frozen
+class Validation:
+    """What :func:`check` found: the plan (``None`` when the checks could not reach it),
+    every problem, and the spec (``None`` when the config has problems)."""
+
+    plan: MergePlan | None
+    problems: tuple[str, ...]
+    spec: MergeSpec | None
+
+    @property
+    def ok(self) -> bool:
+        return self.plan is not None and not self.problems
+
+
+def _analyse(
+    config: Config, registry: Registry | None, base_dir: str | os.PathLike[str] | None
+) -> ConfigAnalysis:
+    if isinstance(config, MergeSpec):
+        return ConfigAnalysis(config, (), config.base, config.models)
+    if isinstance(config, Mapping):
+        return analyse_config(config, registry=registry, base_dir=base_dir)
+    data, notes = read_config_data(config)  # a mergekit config is converted, with notes
+    path = Path(config)
+    found = analyse_config(data, registry=registry, base_dir=path.parent, source=path)
+    if found.spec is not None and notes:
+        found = attrs.evolve(found, spec=attrs.evolve(found.spec, notes=notes))
+    return found
+
+
+def check(
+    config: Config,
+    *,
+    registry: Registry | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    executor: ExecutorLike | None = None,
+    workers: int | None = None,
+) -> Validation:
+    """Every problem of a merge, collected, without merging (``pactframe validate``):
+    the config's, the executor's settings, then the files, headers and plan (checked
+    even when the recipe part of the config is wrong). Only an unreadable config file
+    or a broken plugin raises (a ``PactframeError``); everything else is in
+    ``problems``. No tensor is merged, nothing is written."""
+    from pactframe.errors import PactframeError
+    from pactframe.pipeline import MergePipeline
+
+    found = _analyse(config, registry, base_dir)
+    problems = list(found.problems)
+    spec = found.spec
+    if spec is not None:
+        try:
+            spec = with_executor(spec, executor, workers, registry=registry)
+        except PactframeError as exc:
+            problems.append(f"executor: {exc}")
+        else:
+            if spec.executor is not None:  # before any file is opened
+                problems += [f"executor {spec.executor.name!r}: {p}" for p in spec.executor.check()]
+    if found.base is None or not found.models:
+        return Validation(None, tuple(problems), spec)
+    paths_ok = (
+        found.base.exists()
+        and all(m.path.exists() for m in found.models)
+        and all(m.covariance is None or m.covariance.exists() for m in found.models)
+    )
+    if not paths_ok:  # the config's parser has named each missing path
+        return Validation(None, tuple(problems), spec)
+    copy_files = spec.output.copy_files if spec is not None else True
+    sources, open_problems = Sources.open(found.base, found.models, copy_files=copy_files)
+    problems += open_problems
+    if sources is None:
+        return Validation(None, tuple(problems), spec)
+    if spec is None:  # the recipe is wrong; the files can still be checked
+        problems += check_sources([m.name for m in found.models], sources)
+        return Validation(None, tuple(problems), None)
+    try:  # the device, the fallback, vocabulary handling: as a merge builds them
+        pipeline = MergePipeline(spec, sources=sources)
+        plan, plan_problems = make_plan(spec, pipeline.sources)
+    except ConfigProblems as exc:
+        return Validation(None, tuple(problems + exc.problems), spec)
+    except PactframeError as exc:
+        return Validation(None, tuple([*problems, str(exc)]), spec)
+    return Validation(plan, tuple(problems + plan_problems), spec)
+
+
 def validate(
     config: Config,
     *,
@@ -100,17 +177,15 @@ def validate(
     executor: ExecutorLike | None = None,
     workers: int | None = None,
 ) -> MergePlan:
-    """Check config, executor settings and checkpoint headers; return the plan (raises
-    ``ConfigProblems``)."""
-    from pactframe.config import ConfigProblems
-    from pactframe.pipeline import MergePipeline
-
-    spec = load_spec(config, registry=registry, base_dir=base_dir)
-    pipeline = MergePipeline(with_executor(spec, executor, workers, registry=registry))
-    problems = pipeline.executor_problems()
-    if problems:
-        raise ConfigProblems(problems, "the executor settings")
-    return pipeline.plan()
+    """Check config, executor settings and checkpoint headers; return the plan, or raise
+    ``ConfigProblems`` listing every problem :func:`check` found."""
+    found = check(config, registry=registry, base_dir=base_dir, executor=executor, workers=workers)
+    if found.problems or found.plan is None:
+        source = None if isinstance(config, Mapping) else getattr(found.spec, "source", None)
+        if source is None and isinstance(config, (str, os.PathLike)):
+            source = config
+        raise ConfigProblems(list(found.problems), str(source) if source else "the merge")
+    return found.plan
 
 
 def merge(
@@ -155,6 +230,10 @@ class MergeResult(Mapping[str, torch.Tensor]):
     _modulators: dict[str, tuple[tuple[torch.Tensor, ...], tuple[float, ...]]] = attrs.field(
         repr=False
     )
+    #: with ``keep_merged=True``: each tensor's :class:`~pactframe.types.MergedTensor`
+    #: (the merged delta on the compute device, masks and scales), ``None`` for tensors
+    #: copied from the base; empty otherwise
+    merged: dict[str, MergedTensor | None] = attrs.field(factory=dict, repr=False)
 
     @property
     def is_task_conditioned(self) -> bool:
@@ -198,6 +277,7 @@ def merge_state_dicts(
     covariances: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     registry: Registry | None = None,
     device: str | None = None,
+    keep_merged: bool = False,
 ) -> MergeResult:
     """Merge in-memory state dicts (or ``nn.Module``s); return a :class:`MergeResult`
     (the merged state dict, the report, and per-task state dicts for EMR).
@@ -207,7 +287,8 @@ def merge_state_dicts(
     (``preprocessors``, ``merger``, ``rules``, ``fallback``, ``compute_dtype``,
     ``seed``, ``device``, ``output.dtype``); ``base`` and ``models`` in it are
     ignored. ``covariances`` maps a task name to ``{key: (d_in, d_in) tensor}``
-    (``nn.Linear`` layout). Tensors come back on the CPU.
+    (``nn.Linear`` layout). Tensors come back on the CPU. ``keep_merged`` keeps each
+    tensor's merged delta (:attr:`MergeResult.merged`), e.g. to rescale it afterwards.
     """
     from pactframe.pipeline import MergePipeline
 
@@ -241,31 +322,23 @@ def merge_state_dicts(
             for n in names
         ),
     )
-    from pactframe.device import peak_device_bytes, peak_rss_bytes
-    from pactframe.report import build_report
-
-    started = time.perf_counter()
+    timings = RunTimings()
     pipeline = MergePipeline(spec, sources=sources, device=device)
     plan = pipeline.plan()
+    timings.plan_s = timings.elapsed()
     state: dict[str, torch.Tensor] = {}
     entries = []
     modulators = {}
-    for result in pipeline.results():
+    merged: dict[str, MergedTensor | None] = {}
+    for result in pipeline.results(timings=timings):
         state[result.plan.name] = result.tensor
         entries.append(result.report)
         m = result.merged
+        if keep_merged:
+            merged[result.plan.name] = m
         if m is not None and m.is_task_conditioned:
             assert m.task_masks is not None and m.task_scales is not None
             masks = tuple(mask.to("cpu", torch.bool) for mask in m.task_masks)
             modulators[result.plan.name] = (masks, tuple(float(x) for x in m.task_scales))
-    pipeline.timings["total_s"] = time.perf_counter() - started
-    report = build_report(
-        pipeline,
-        plan,
-        entries,
-        peak_rss=peak_rss_bytes(),
-        peak_device=peak_device_bytes(pipeline.device),
-        modulators=None,
-        shards=[],
-    )
-    return MergeResult(state, report, names, sources.base, modulators)
+    report = pipeline.report(plan, entries, timings.finish(), shards=[])
+    return MergeResult(state, report, names, sources.base, modulators, merged)

@@ -274,6 +274,24 @@ def load_config(
     return attrs.evolve(spec, notes=notes) if notes else spec
 
 
+def load_spec(
+    config: MergeSpec | Mapping[str, Any] | str | os.PathLike[str],
+    *,
+    registry: Registry | None = None,
+    base_dir: str | os.PathLike[str] | None = None,
+    check_files: bool = True,
+) -> MergeSpec:
+    """A :class:`MergeSpec` from a YAML path, a config mapping or a spec (returned as is).
+
+    ``base_dir``: where a mapping's relative paths resolve (default: the working
+    directory); a file's resolve against its folder. Also ``pactframe.api.load_spec``."""
+    if isinstance(config, MergeSpec):
+        return config
+    if isinstance(config, Mapping):
+        return parse_config(config, registry=registry, base_dir=base_dir, check_files=check_files)
+    return load_config(config, registry=registry, check_files=check_files)
+
+
 def read_config_data(path: str | os.PathLike[str]) -> tuple[Any, tuple[str, ...]]:
     """``(config mapping, notes)`` of a YAML file; a mergekit config is converted."""
     from pactframe.mergekit_compat import convert_mergekit, is_mergekit_config

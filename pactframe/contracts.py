@@ -293,10 +293,20 @@ class Merger(TwoPass[StateT], Component):
     def supports(self, bundle: LayerBundle) -> str | None:
         """``None`` if this merger can take the bundle, else the reason it cannot.
 
-        The pipeline sends bundles a merger does not support to the configured
-        fallback merger and says so in the report. The default declines
-        non-floating tensors (:func:`float_support_reason`); an override that
-        adds its own rules should keep that one (``super().supports(bundle)``).
+        Asked once per tensor, at plan time (:func:`pactframe.plan.make_plan`),
+        before any tensor is read: the bundle holds shape-only ``meta`` tensors
+        (no values), in the compute dtype, with the covariances' presence and
+        ``input_axis`` as the merge will have them. Decide from shapes and dtypes
+        alone (``bundle.base.ndim``, ``.shape``, ``.dtype``), never from values. The
+        answer is final: the plan sends a tensor this merger refuses to the
+        configured fallback merger and the report says why; the workers follow
+        the plan. An exception raised here is a plan problem (``pactframe
+        validate`` lists it, naming the tensor, this merger and the exception),
+        not a deferral. ``pactframe.testing.check_component`` checks both.
+
+        The default declines non-floating tensors (:func:`float_support_reason`);
+        an override that adds its own rules should keep that one
+        (``super().supports(bundle)``).
         """
         return float_support_reason(bundle)
 

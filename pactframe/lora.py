@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -390,11 +389,15 @@ def write_merged_adapter(
     force: bool = False,
     progress: Any = None,
     on_tensor: Callable[[Any], None] | None = None,
-    build_report: Callable[..., dict[str, Any]],
+    timings: Any = None,
     report_file: str = "merge_report.json",
     model_card: Callable[[dict[str, Any]], str] | None = None,
 ) -> dict[str, Any]:
     """Run ``pipeline`` and write its merged delta as a PEFT LoRA adapter of rank ``R``.
+
+    ``timings``: the run's :class:`~pactframe.timings.RunTimings` (started by
+    ``MergePipeline.run``; a new one when ``None``); the report comes from
+    ``pipeline.report``.
 
     The adapter's target modules are every LoRA target of the input adapters: each
     merged delta is truncated to its best rank-``R`` approximation (Eckart & Young,
@@ -403,9 +406,9 @@ def write_merged_adapter(
     whole. Any other tensor whose merged delta is not zero cannot be expressed in
     the adapter: the merge is refused before anything is written.
     """
-    from pactframe.device import peak_device_bytes, peak_rss_bytes
+    from pactframe.timings import RunTimings
 
-    started = time.perf_counter()
+    timings = RunTimings() if timings is None else timings
     out = Path(out)
     check_destination(out, force=force)
     rank = int(pipeline.spec.output.rank)
@@ -460,7 +463,7 @@ def write_merged_adapter(
     with CheckpointWriter(out, layout, shard_size=2**62, force=force) as w:
         with pipeline._start() as runner:
             # any executor: each worker returns its merged delta (float32, CPU)
-            for index, result in pipeline.stream(runner, deltas=True):
+            for index, result in pipeline.stream(runner, deltas=True, timings=timings):
                 name = result.plan.name
                 entry = result.report
                 copied = result.plan.handler == "copy"
@@ -505,17 +508,9 @@ def write_merged_adapter(
         config["base_model_name_or_path"] = str(pipeline.spec.base)
         if biases:
             config["bias"] = "all"
-        pipeline.timings["total_s"] = time.perf_counter() - started
-        report = build_report(
-            pipeline,
-            plan,
-            [e for e in entries if e is not None],
-            peak_rss=peak_rss_bytes(),
-            peak_device=peak_device_bytes(pipeline.device),
-            modulators=None,
-            shards=[WEIGHTS_NAME],
+        report = pipeline.report(
+            plan, entries, timings.finish(), shards=[WEIGHTS_NAME], executor=executor_section
         )
-        report["executor"] = executor_section
         report["lora_output"] = {
             "rank": rank,
             "target_modules": len(targets),

@@ -32,12 +32,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import torch
 
-from pactframe.config import ConfigProblems, MergeSpec
+from pactframe.config import ConfigProblems, MergeSpec, load_spec
 from pactframe.contracts import Executor, splits_prepass
 from pactframe.device import COMPUTE_DTYPES, peak_device_bytes, peak_rss_bytes, resolve_device
 from pactframe.errors import ConfigError
@@ -49,8 +50,10 @@ from pactframe.output_safety import check_output, merge_inputs
 from pactframe.plan import RECIPE, MergePlan, make_plan, needs_prepass
 from pactframe.progress import Progress
 from pactframe.registry import Registry
+from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
 from pactframe.seeding import derive_seed
 from pactframe.sources import Sources
+from pactframe.timings import RunTimings
 from pactframe.work import (
     MergeJob,
     PrepassResult,
@@ -102,7 +105,13 @@ class MergePipeline:
                 f"fallback: {spec.fallback.name!r} is a two-pass merger; the fallback must "
                 "work tensor by tensor (use average or task_arithmetic)."
             )
-        self.timings: dict[str, float] = {}
+        self._timings = RunTimings()  # the last run's (see the ``timings`` property)
+
+    @property
+    def timings(self) -> Mapping[str, float]:
+        """The last run's timings in seconds, read-only (each run returns its own in
+        its report; :class:`~pactframe.timings.RunTimings`)."""
+        return MappingProxyType(self._timings.as_dict())
 
     @classmethod
     def from_config(
@@ -113,8 +122,6 @@ class MergePipeline:
         base_dir: str | os.PathLike[str] | None = None,
         device: str | None = None,
     ) -> MergePipeline:
-        from pactframe.api import load_spec
-
         return cls(load_spec(config, registry=registry, base_dir=base_dir), device=device)
 
     # planning -----------------------------------------------------------
@@ -260,38 +267,83 @@ class MergePipeline:
         return [TensorUnit(t, derive_seed(self.spec.seed, t.name)) for t in plan.tensors]
 
     # the main pass -------------------------------------------------------
-    def results(self, progress: Progress | None = None) -> Iterator[TensorResult]:
-        """Merge every tensor in plan order in this process, yielding CPU results one at a
-        time with their bundles and merged tensor kept (for diagnostics)."""
-        plan = self.plan()
-        with InProcessRunner() as runner:
-            t0 = time.perf_counter()
-            states = self._prepass(plan, runner, True)
-            self.timings["prepass_s"] = time.perf_counter() - t0
-            job = self._job(states, True, keep=True)
-            compute_s = 0.0
-            for _, result in runner.map(job, self._units(plan)):
-                compute_s += result.seconds
-                if progress is not None:
-                    progress.update(result.plan.name, result.plan.read_bytes)
-                yield result
-            self.timings["compute_s"] = compute_s
-
-    def stream(self, runner: Any, *, deltas: bool = False) -> Iterator[tuple[int, TensorResult]]:
-        """The prepass and main pass on ``runner`` (from :meth:`_start`): ``(plan index,
-        result)`` in the order results arrive; ``deltas`` returns each merged delta too."""
-        plan = self.plan()
+    def _passes(
+        self,
+        plan: MergePlan,
+        runner: Any,
+        timings: RunTimings,
+        *,
+        in_process: bool,
+        keep: bool = False,
+        deltas: bool = False,
+    ) -> Iterator[tuple[int, TensorResult]]:
+        """The prepass, then the main pass on ``runner``: ``(plan index, result)`` in the
+        order results arrive; fills ``timings``' ``prepass_s``, ``compute_s`` and
+        ``main_pass_s``, and the per-worker notes of :meth:`executor_report`."""
+        self._timings = timings
         self._workers = {}
         t0 = time.perf_counter()
-        states = self._prepass(plan, runner, self._runs_here)
-        self.timings["prepass_s"] = time.perf_counter() - t0
-        job = self._job(states, self._runs_here, deltas=deltas)
+        states = self._prepass(plan, runner, in_process)
+        timings.prepass_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        job = self._job(states, in_process, keep=keep, deltas=deltas)
         compute_s = 0.0
         for index, result in runner.map(job, self._units(plan)):
             compute_s += result.seconds
             self._note(result, prepass=False)
             yield index, result
-        self.timings["compute_s"] = compute_s
+        timings.compute_s = compute_s
+        timings.main_pass_s = time.perf_counter() - t0
+
+    def results(
+        self, progress: Progress | None = None, *, timings: RunTimings | None = None
+    ) -> Iterator[TensorResult]:
+        """Merge every tensor in plan order in this process, yielding CPU results one at a
+        time with their bundles and merged tensor kept (for diagnostics). ``timings``
+        (default: a new one) receives the passes' seconds."""
+        plan = self.plan()
+        with InProcessRunner() as runner:
+            passes = self._passes(plan, runner, timings or RunTimings(), in_process=True, keep=True)
+            for _, result in passes:
+                if progress is not None:
+                    progress.update(result.plan.name, result.plan.read_bytes)
+                yield result
+
+    def stream(
+        self, runner: Any, *, deltas: bool = False, timings: RunTimings | None = None
+    ) -> Iterator[tuple[int, TensorResult]]:
+        """The prepass and main pass on ``runner`` (from :meth:`_start`): ``(plan index,
+        result)`` in the order results arrive; ``deltas`` returns each merged delta too;
+        ``timings`` (default: a new one) receives the passes' seconds."""
+        return self._passes(
+            self.plan(), runner, timings or RunTimings(), in_process=self._runs_here, deltas=deltas
+        )
+
+    def report(
+        self,
+        plan: MergePlan,
+        entries: Sequence[dict[str, Any] | None],
+        timings: RunTimings,
+        *,
+        shards: Sequence[str],
+        modulators: str | None = None,
+        executor: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The merge report of a run of this pipeline (:func:`pactframe.report.build_report`
+        given this pipeline's spec, device and vocabulary notes, and the peak memory now)."""
+        return build_report(
+            self.spec,
+            plan,
+            [e for e in entries if e is not None],
+            device=self.device,
+            timings=timings,
+            notes=tuple(getattr(self.vocab, "notes", ()) if self.vocab is not None else ()),
+            peak_rss=peak_rss_bytes(),
+            peak_device=peak_device_bytes(self.device),
+            modulators=modulators,
+            shards=shards,
+            executor=executor,
+        )
 
     # sinks ----------------------------------------------------------------
     def run(
@@ -308,29 +360,11 @@ class MergePipeline:
         read, started or written before both pass. Results are written as they
         arrive, in any order; ``on_tensor`` sees each one.
         """
-        from pactframe.report import CONFIG_FILE, build_report, config_yaml, model_card
-
-        started = time.perf_counter()
-        problems = self.executor_problems()
-        if problems:
-            raise ConfigProblems(problems, "the executor settings")
-        inputs, protected = merge_inputs(self.spec)
-        check_output(out, inputs, protected=protected)  # never over an input, force or not
-        plan = self.plan()  # every check happens before the output folder is touched
-        if not self._runs_here:
-            self._job({}, False)  # in-memory inputs cannot go to other processes
-        self.timings["plan_s"] = time.perf_counter() - started
-        layout = [(t.name, t.shape, t.out_dtype) for t in plan.tensors]
-        bar = (
-            progress
-            if isinstance(progress, Progress)
-            else Progress(
-                len(plan.tensors),
-                plan.read_bytes,
-                label=self._progress_label(),
-                enabled=bool(progress),
-            )
-        )
+        timings = RunTimings()
+        self._timings = timings
+        plan = self._check_before_writing(out)
+        timings.plan_s = timings.elapsed()
+        bar = self._progress_bar(plan, progress)
         if self.spec.output.format == "lora":  # a PEFT adapter instead of a model
             from pactframe.lora import write_merged_adapter
 
@@ -340,68 +374,93 @@ class MergePipeline:
                 force=force,
                 progress=bar,
                 on_tensor=on_tensor,
-                build_report=build_report,
+                timings=timings,
                 report_file=REPORT_FILE,
                 model_card=model_card,
             )
-        entries: list[dict[str, Any] | None] = [None] * len(plan.tensors)
-        self._workers = {}
+        layout = [(t.name, t.shape, t.out_dtype) for t in plan.tensors]
         with CheckpointWriter(
             out,
             layout,
             shard_size=self.spec.output.shard_size,
             force=force,
-            metadata={"pactframe_merger": self.spec.recipe.merger.name},
+            metadata=shard_metadata(self.spec),
         ) as w, self._start() as runner:
-            modulators = ModulatorWriter(w.staging, self.spec.task_names)
-            try:
-                t0 = time.perf_counter()
-                states = self._prepass(plan, runner, self._runs_here)
-                self.timings["prepass_s"] = time.perf_counter() - t0
-                t0 = time.perf_counter()
-                job = self._job(states, self._runs_here)
-                compute_s = 0.0
-                for index, result in runner.map(job, self._units(plan)):
-                    w.write(result.plan.name, result.tensor)
-                    m = result.modulator
-                    if m is not None:
-                        modulators.add(
-                            result.plan.name, result.plan.shape, m.task_names, m.masks, m.scales
-                        )
-                    entries[index] = result.report
-                    compute_s += result.seconds
-                    self._note(result, prepass=False)
-                    bar.update(result.plan.name, result.plan.read_bytes)
-                    if on_tensor is not None:
-                        on_tensor(result)
-                self.timings["compute_s"] = compute_s
-                self.timings["main_pass_s"] = time.perf_counter() - t0
-                # the modulators file lists tensors in plan order, whatever order they came in
-                modulator_path = modulators.finish(order=[t.name for t in plan.tensors])
-            finally:
-                modulators.close()
-            bar.close()
-            if self.spec.output.copy_files and self.spec.base.is_dir():
-                for path in non_weight_files(self.spec.base):
-                    w.copy_file(path)
-            if self.vocab is not None:  # vocab: union writes matching tokenizer files
-                self.vocab.write_files(w)
-            self.timings["total_s"] = time.perf_counter() - started
-            report = build_report(
-                self,
+            entries, modulators = self._write_tensors(w, runner, plan, timings, bar, on_tensor)
+            self._copy_side_files(w)
+            report = self.report(
                 plan,
-                [e for e in entries if e is not None],
-                peak_rss=peak_rss_bytes(),
-                peak_device=peak_device_bytes(self.device),
-                modulators=modulator_path.name if modulator_path else None,
+                entries,
+                timings.finish(),
                 shards=w.shard_names,
+                modulators=modulators,
+                executor=self.executor_report(runner),
             )
-            report["executor"] = self.executor_report(runner)
-            w.add_file(REPORT_FILE, json.dumps(report, indent=2) + "\n")
-            w.add_file("README.md", model_card(report))
-            w.add_file(CONFIG_FILE, config_yaml(report))
+            _add_report_files(w, report)
             w.commit()
         return report
+
+    def _check_before_writing(self, out: str | os.PathLike[str]) -> MergePlan:
+        """Every check of :meth:`run` before the output folder is touched: the executor's
+        settings, the output path (never over an input, ``force`` or not), the headers
+        and the plan, and in-memory inputs given to an executor of other processes."""
+        problems = self.executor_problems()
+        if problems:
+            raise ConfigProblems(problems, "the executor settings")
+        inputs, protected = merge_inputs(self.spec)
+        check_output(out, inputs, protected=protected)
+        plan = self.plan()
+        if not self._runs_here:
+            self._job({}, False)  # raises for in-memory inputs
+        return plan
+
+    def _progress_bar(self, plan: MergePlan, progress: bool | Progress) -> Progress:
+        if isinstance(progress, Progress):
+            return progress
+        return Progress(
+            len(plan.tensors), plan.read_bytes, label=self._progress_label(), enabled=progress
+        )
+
+    def _write_tensors(
+        self,
+        w: CheckpointWriter,
+        runner: Any,
+        plan: MergePlan,
+        timings: RunTimings,
+        bar: Progress,
+        on_tensor: Callable[[TensorResult], None] | None,
+    ) -> tuple[list[dict[str, Any] | None], str | None]:
+        """Both passes on ``runner``, each result written as it arrives; ``(per-tensor
+        report entries in plan order, the task-modulators file name or None)``."""
+        entries: list[dict[str, Any] | None] = [None] * len(plan.tensors)
+        modulators = ModulatorWriter(w.staging, self.spec.task_names)
+        try:
+            for index, result in self.stream(runner, timings=timings):
+                w.write(result.plan.name, result.tensor)
+                m = result.modulator
+                if m is not None:
+                    modulators.add(
+                        result.plan.name, result.plan.shape, m.task_names, m.masks, m.scales
+                    )
+                entries[index] = result.report
+                bar.update(result.plan.name, result.plan.read_bytes)
+                if on_tensor is not None:
+                    on_tensor(result)
+            # the modulators file lists tensors in plan order, whatever order they came in
+            path = modulators.finish(order=[t.name for t in plan.tensors])
+        finally:
+            modulators.close()
+        bar.close()
+        return entries, path.name if path else None
+
+    def _copy_side_files(self, w: CheckpointWriter) -> None:
+        """The base folder's non-weight files (``output.copy_files``) and, with ``vocab:
+        union``, the matching tokenizer files."""
+        if self.spec.output.copy_files and self.spec.base.is_dir():
+            for path in non_weight_files(self.spec.base):
+                w.copy_file(path)
+        if self.vocab is not None:
+            self.vocab.write_files(w)
 
     def _progress_label(self) -> str:
         ex = self.executor
@@ -417,6 +476,27 @@ class MergePipeline:
             state[result.plan.name] = result.tensor
             entries.append(result.report)
         return state, entries
+
+
+def shard_metadata(spec: MergeSpec) -> dict[str, str]:
+    """The ``__metadata__`` of every shard: which merger the default recipe used
+    (``pactframe_merger``), which merger each recipe used (``pactframe_recipes``: JSON,
+    recipe label -> merger name) and the fallback (``pactframe_fallback``)."""
+    recipes = {r.label: r.merger.name for r in spec.recipes()}
+    meta = {
+        "pactframe_merger": spec.recipe.merger.name,
+        "pactframe_recipes": json.dumps(recipes, sort_keys=False),
+    }
+    if spec.fallback is not None:
+        meta["pactframe_fallback"] = spec.fallback.name
+    return meta
+
+
+def _add_report_files(w: CheckpointWriter, report: dict[str, Any]) -> None:
+    """``merge_report.json``, the model card and the resolved config, into the output."""
+    w.add_file(REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    w.add_file("README.md", model_card(report))
+    w.add_file(CONFIG_FILE, config_yaml(report))
 
 
 def _from_files(source: Any) -> bool:

@@ -13,6 +13,10 @@ Routing of one tensor:
    recipe (an ``exclude: true`` rule sends the tensor to the fallback);
 3. otherwise the default recipe; if its merger's ``supports()`` refuses the
    tensor (asked on shape-only ``meta`` tensors), the fallback merger takes it.
+
+The route is final: every tensor is routed here, once, and the workers follow the
+plan. A ``supports()`` that raises on meta tensors (it looked at values) is a plan
+problem naming the tensor, the merger and the exception.
 """
 
 from __future__ import annotations
@@ -51,7 +55,6 @@ class TensorPlan:
     input_axis: int
     covariance_tasks: tuple[str, ...]
     read_bytes: int  # base + T models + covariances, as stored
-    decided: bool = True  # False: supports() could not be asked on meta tensors
 
     @property
     def numel(self) -> int:
@@ -121,10 +124,8 @@ class MergePlan:
         for t in self.tensors:
             what = t.route if t.handler == RECIPE else f"{t.handler}: {t.reason}"
             cov = f" cov[{','.join(t.covariance_tasks)}]" if t.covariance_tasks else ""
-            undecided = " (merger decides at run time)" if not t.decided else ""
             lines.append(
-                f"  {t.name}  {str(t.dtype).replace('torch.', '')}{list(t.shape)}"
-                f" -> {what}{cov}{undecided}"
+                f"  {t.name}  {str(t.dtype).replace('torch.', '')}{list(t.shape)} -> {what}{cov}"
             )
         return "\n".join(lines)
 
@@ -267,6 +268,22 @@ def ask_supports(recipe: RecipeSpec, bundle: LayerBundle) -> str | None:
     return None if reason is None else str(reason)
 
 
+def supports_problem(
+    recipe: RecipeSpec, route: str, exc: BaseException, keys: Sequence[str]
+) -> str:
+    """The plan problem for a ``supports()`` that raised on shape-only meta tensors."""
+    merger = recipe.merger
+    cls = type(merger)
+    return (
+        f"merger {merger.name!r} ({cls.__module__}.{cls.__qualname__}, {route}): supports() "
+        f"raised {type(exc).__name__}: {exc} for {len(keys)} tensor(s): {_preview(keys)}. "
+        "The plan asks supports() on shape-only meta tensors (no values) to route every "
+        "tensor before any is read; supports() must decide from shape and dtype alone "
+        "(bundle.base.shape, .ndim, .dtype, the covariances' presence). Fix the merger's "
+        "supports(), or add a rule that sends these tensors to another merger."
+    )
+
+
 def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list[str]]:
     """Check the sources and route every tensor; ``(plan, [])`` or ``(None, problems)``."""
     notes: list[str] = []
@@ -279,6 +296,7 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
     recipes = spec.recipes()
     cov_entries = [None if c is None else c.entries() for c in sources.covariances]
     tensors = []
+    raised: dict[tuple[int, str, str], tuple[BaseException, list[str]]] = {}
     for key in sources.base.keys():
         info = sources.base.info(key)
         layouts = sorted({e[key].layout for e in cov_entries if e is not None and key in e})
@@ -333,8 +351,9 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
         probe = TensorPlan(handler=RECIPE, route=route, reason="", recipe_index=index, **common)  # type: ignore[arg-type]
         try:
             reason = ask_supports(recipe, _meta_bundle(spec, probe, compute))
-        except Exception:  # noqa: BLE001 - a supports() that needs values decides at run time
-            tensors.append(attrs.evolve(probe, decided=False))
+        except Exception as exc:  # noqa: BLE001 - any exception of a plugin is a plan problem
+            group = (index, type(exc).__name__, str(exc))
+            raised.setdefault(group, (exc, []))[1].append(key)
             continue
         if reason is not None:
             tensors.append(
@@ -347,6 +366,10 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
             )
         else:
             tensors.append(probe)
+    for (index, _, _), (error, keys) in raised.items():
+        recipe = recipes[index]
+        route = "the default recipe" if recipe.label == "default" else recipe.label
+        problems.append(supports_problem(recipe, route, error, keys))
     if spec.fallback is None:  # `fallback: null`: a tensor that needs it is an error
         orphans = [t for t in tensors if t.handler == FALLBACK]
         if orphans:

@@ -14,16 +14,17 @@ import json
 import platform
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from pactframe.io.units import format_bytes, numel
+from pactframe.timings import RunTimings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pactframe.pipeline import MergePipeline
+    from pactframe.config import MergeSpec
     from pactframe.plan import MergePlan
 
 REPORT_VERSION = 1
@@ -32,23 +33,31 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def build_report(
-    pipeline: MergePipeline,
+    spec: MergeSpec,
     plan: MergePlan,
     entries: Sequence[dict[str, Any]],
     *,
+    device: torch.device | str,
+    timings: RunTimings | Mapping[str, float],
     peak_rss: int,
     peak_device: int | None,
     modulators: str | None,
     shards: Sequence[str],
+    notes: Sequence[str] = (),
+    executor: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The merge report of one run, from what the run produced: the spec it ran, its
+    plan, the per-tensor entries (plan order), the device, the run's timings, peak
+    memory, output files, ``notes`` found while reading the inputs (vocabulary
+    handling) and the executor's section (``None``: none)."""
     from pactframe import __version__
 
-    spec = pipeline.spec
     handled = Counter(
         e["handler"] if e["handler"] != "recipe" else f"recipe ({e['route']})" for e in entries
     )
     parameters = sum(numel(e["shape"]) for e in entries)
-    return {
+    seconds = timings.as_dict() if isinstance(timings, RunTimings) else dict(timings)
+    report = {
         "report_version": REPORT_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": {
@@ -59,14 +68,10 @@ def build_report(
         "config_file": str(spec.source) if spec.source else None,
         "config": spec.to_dict(),
         "seed": spec.seed,
-        "device": str(pipeline.device),
+        "device": str(device),
         "compute_dtype": spec.compute_dtype,
         "tasks": list(spec.task_names),
-        "notes": [
-            *spec.notes,
-            *plan.notes,
-            *(getattr(pipeline.vocab, "notes", ()) if getattr(pipeline, "vocab", None) else ()),
-        ],
+        "notes": [*spec.notes, *plan.notes, *notes],
         "summary": {
             "tensors": len(entries),
             "parameters": parameters,
@@ -76,7 +81,7 @@ def build_report(
             "shards": list(shards),
             "task_modulators": modulators,
         },
-        "timings": {k: round(v, 4) for k, v in sorted(pipeline.timings.items())},
+        "timings": {k: round(v, 4) for k, v in sorted(seconds.items())},
         "memory": {
             "peak_rss_bytes": peak_rss,
             "peak_device_bytes": peak_device,
@@ -84,6 +89,9 @@ def build_report(
         },
         "tensors": list(entries),
     }
+    if executor is not None:
+        report["executor"] = dict(executor)
+    return report
 
 
 def _numeric_leaves(data: Any, prefix: str = "") -> dict[str, float]:

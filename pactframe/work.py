@@ -37,7 +37,7 @@ from pactframe.config import ConfigProblems, MergeSpec, RecipeSpec
 from pactframe.contracts import splits_prepass
 from pactframe.device import COMPUTE_DTYPES, peak_rss_bytes, resolve_device
 from pactframe.errors import ConfigError, InputError
-from pactframe.plan import COPY, FALLBACK, RECIPE, TensorPlan
+from pactframe.plan import COPY, RECIPE, TensorPlan
 from pactframe.seeding import derive_seed
 from pactframe.sources import Sources
 from pactframe.types import LayerBundle, LowRank, MergedTensor
@@ -349,8 +349,6 @@ class TensorWorker:
     ) -> Iterator[LayerBundle]:
         for t in tensors:
             bundle = self.bundle(t, self.read(t))
-            if not t.decided and recipe.merger.supports(bundle) is not None:
-                continue
             for pos in range(upto):
                 bundle = recipe.preprocessors[pos].preprocess(
                     bundle, self.job.states.get((r_index, pos))
@@ -373,13 +371,8 @@ class TensorWorker:
             return self._result(t, inputs.base.to(t.out_dtype), entry, None, start)
         bundle = self.bundle(t, inputs)
         processed = bundle
-        handler, reason = t.handler, t.reason
+        reason = t.reason  # the route was decided in the plan, once (pactframe.plan)
         recipe = self.recipes[t.recipe_index] if t.handler == RECIPE else None
-        if recipe is not None and not t.decided:
-            refusal = recipe.merger.supports(bundle)
-            if refusal is not None:
-                handler, reason = FALLBACK, f"{recipe.merger.name} does not take it: {refusal}"
-                recipe = None
         states = self.job.states
         if recipe is None:
             merger, state = self.spec.fallback, None
@@ -405,7 +398,6 @@ class TensorWorker:
         out = torch.empty(t.shape, dtype=t.out_dtype, device=bundle.base.device)
         torch.add(bundle.base, merged.delta.to(bundle.base.dtype), out=out)
         out = out.to("cpu")
-        entry["handler"] = handler
         entry["merger"] = merger.name
         if reason:
             entry["reason"] = reason

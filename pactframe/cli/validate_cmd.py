@@ -6,8 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-import attrs
-
 help = "check a merge config and the checkpoint headers without merging; print the plan"
 
 
@@ -53,53 +51,13 @@ def fallback_notes(spec: Any) -> list[str]:
 def analyse(
     config_path: str, executor: str | None = None, workers: int | None = None
 ) -> tuple[object | None, list[str], list[str]]:
-    """``(plan or None, every problem, notes)`` (see :func:`collect`)."""
-    from pathlib import Path
+    """``(plan or None, every problem, notes)``: :func:`pactframe.api.check`, plus the
+    notes on which merger takes the tensors that are not matrices."""
+    from pactframe.api import check
 
-    from pactframe.config import analyse_config, read_config_data
-    from pactframe.plan import check_sources, make_plan
-    from pactframe.sources import Sources
-
-    found = analyse_config(
-        read_config_data(config_path)[0],
-        base_dir=Path(config_path).parent,
-        source=Path(config_path),
-    )
-    problems = list(found.problems)
-    if found.spec is not None:
-        from pactframe.api import with_executor
-        from pactframe.errors import PactframeError
-
-        try:
-            spec = with_executor(found.spec, executor, workers)
-            found = attrs.evolve(found, spec=spec)
-            if spec.executor is not None:  # before any tensor is read
-                problems += [f"executor {spec.executor.name!r}: {p}" for p in spec.executor.check()]
-        except PactframeError as exc:
-            problems.append(f"executor: {exc}")
+    found = check(config_path, executor=executor, workers=workers)
     notes = fallback_notes(found.spec) if found.spec is not None else []
-    if found.base is None or not found.models:
-        return None, problems, notes
-    paths_ok = (
-        found.base.exists()
-        and all(m.path.exists() for m in found.models)
-        and all(m.covariance is None or m.covariance.exists() for m in found.models)
-    )
-    if not paths_ok:
-        return None, problems, notes
-    copy_files = found.spec.output.copy_files if found.spec is not None else True
-    sources, open_problems = Sources.open(found.base, found.models, copy_files=copy_files)
-    problems += open_problems
-    if sources is None:
-        return None, problems, notes
-    if found.spec is None:
-        problems += check_sources([m.name for m in found.models], sources)
-        return None, problems, notes
-    from pactframe.vocab import apply_vocab
-
-    sources = apply_vocab(found.spec, sources)[0]
-    plan, plan_problems = make_plan(found.spec, sources)
-    return plan, problems + plan_problems, notes
+    return found.plan, list(found.problems), notes
 
 
 def run(args: argparse.Namespace) -> int:

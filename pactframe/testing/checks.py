@@ -345,6 +345,42 @@ def check_merger_linear_scaling(inst: Merger) -> None:
                 )
 
 
+def _meta_bundle(bundle: LayerBundle) -> LayerBundle:
+    def meta(x: torch.Tensor) -> torch.Tensor:
+        return torch.empty(tuple(x.shape), dtype=x.dtype, device="meta")
+
+    covs = None
+    if bundle.covariances is not None:
+        covs = [None if c is None else meta(c) for c in bundle.covariances]
+    return attrs.evolve(
+        bundle,
+        base=meta(bundle.base),
+        task_vectors=[meta(tv) for tv in bundle.task_vectors],
+        covariances=covs,
+    )
+
+
+def check_merger_supports_meta(inst: Merger) -> None:
+    """``supports()`` runs at plan time on shape-only meta tensors: it must not raise
+    there, and it must give the same answer (takes / refuses) as on real values."""
+    for num_tasks in (3, 1):
+        for bundle in sample_bundles(num_tasks=num_tasks):
+            try:
+                on_meta = inst.supports(_meta_bundle(bundle))
+            except Exception as exc:  # noqa: BLE001 - any exception fails the check
+                raise AssertionError(
+                    f"{type(inst).__name__}.supports() raised {type(exc).__name__}: {exc} on "
+                    f"shape-only meta tensors ({bundle.name}, shape {tuple(bundle.base.shape)}); "
+                    "the plan asks it there, so it must decide from shape and dtype alone."
+                ) from exc
+            on_values = inst.supports(bundle)
+            assert (on_meta is None) == (on_values is None), (
+                f"{type(inst).__name__}.supports() answers {on_meta!r} on meta tensors but "
+                f"{on_values!r} on values for {bundle.name}; it must decide from shape and "
+                "dtype alone."
+            )
+
+
 # ---------------------------------------------------------------- evaluators
 def check_evaluator(inst: Evaluator) -> None:
     """A tensor-level (``TensorEvaluator``) or model-level (``ModelEvaluator``) evaluator
@@ -453,6 +489,7 @@ KIND_CHECKS: dict[str, list[Callable[[Any], None]]] = {
     "preprocessor": [check_preprocessor_output, check_prepass_split],
     "merger": [
         check_merger_supports_matrix,
+        check_merger_supports_meta,
         check_merger_output,
         check_merger_linear_scaling,
         check_prepass_split,

@@ -1,18 +1,16 @@
 """Merge in-memory state dicts through the real pipeline, keeping each tensor's
 :class:`~pactframe.types.MergedTensor` (the benchmark's merge step).
 
-:func:`pactframe.api.merge_state_dicts` returns the merged weights, the report
-and per-task state dicts; the benchmark also needs the merged *delta* (to sweep a
-merger's scaling, which multiplies it) and, for task-conditioned merges (EMR), each task's masks and
-scales. :func:`merge_in_memory` runs the same :class:`MergePipeline` on the
-same in-memory sources and collects the per-tensor results. ``pactframe demo``
-runs its final merges through the pipeline on files (:mod:`pactframe_bench.files`).
+The benchmark needs the merged *delta* (to sweep a merger's scaling, which
+multiplies it) and, for task-conditioned merges (EMR), each task's masks and
+scales: :func:`merge_in_memory` is :func:`pactframe.api.merge_state_dicts` with
+``keep_merged=True``. ``pactframe demo`` runs its final merges through the
+pipeline on files (:mod:`pactframe_bench.files`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -59,29 +57,16 @@ def merge_in_memory(
     base: Mapping[str, torch.Tensor],
     finetuned: Mapping[str, Mapping[str, torch.Tensor]],
     config: Mapping[str, Any],
-    covariances: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    covariances: Mapping[str, Mapping[str, torch.Tensor] | None] | None = None,
     registry: Registry | None = None,
 ) -> MergeResult:
     """Run ``config``'s recipe (preprocessors, merger, rules, fallback, seed) over the
-    in-memory models with :class:`~pactframe.pipeline.MergePipeline`."""
-    from pactframe.config import parse_config
-    from pactframe.pipeline import MergePipeline
-    from pactframe.sources import DictCovarianceSource, Sources, StateDictSource
+    in-memory models with :func:`pactframe.api.merge_state_dicts`; a task whose
+    covariances are ``None`` has none."""
+    from pactframe.api import merge_state_dicts
 
-    names: Sequence[str] = tuple(finetuned)
-    data = {k: v for k, v in config.items() if k not in ("base", "models")}
-    data["base"] = "<memory>"
-    data["models"] = [{"name": n, "path": f"<memory:{n}>"} for n in names]
-    spec = parse_config(data, registry=registry, base_dir=Path.cwd(), check_files=False)
-    sources = Sources(
-        StateDictSource(base, "base state dict"),
-        tuple(StateDictSource(finetuned[n], f"state dict of task {n!r}") for n in names),
-        tuple(
-            DictCovarianceSource(covariances[n], f"covariances of task {n!r}")
-            if covariances and covariances.get(n) is not None
-            else None
-            for n in names
-        ),
+    covs = {n: c for n, c in (covariances or {}).items() if c is not None}
+    result = merge_state_dicts(
+        base, finetuned, config, covariances=covs or None, registry=registry, keep_merged=True
     )
-    deltas = {r.plan.name: r.merged for r in MergePipeline(spec, sources=sources).results()}
-    return MergeResult(deltas, tuple(names))
+    return MergeResult(dict(result.merged), result.task_names)

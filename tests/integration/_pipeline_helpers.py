@@ -138,10 +138,29 @@ class SlowMerger(Merger):
         return MergedTensor(torch.stack(bundle.task_vectors).mean(0))
 
 
+@attrs.frozen
+class PeekMerger(MeanMerger):
+    """Test-only mean whose supports() reads values (a contract breach: the plan asks
+    supports() on shape-only meta tensors)."""
+
+    name: ClassVar[str] = "t_peek"
+
+    def supports(self, bundle):
+        return None if float(bundle.base.abs().max()) < 1e6 else "huge weights"
+
+
 class _TestPlugin:
     @hookimpl
     def pactframe_register_mergers(self):
-        return [SumMerger, MeanMerger, NoiseMerger, MaskMerger, FailingMerger, SlowMerger]
+        return [
+            SumMerger,
+            MeanMerger,
+            NoiseMerger,
+            MaskMerger,
+            FailingMerger,
+            SlowMerger,
+            PeekMerger,
+        ]
 
     @hookimpl
     def pactframe_register_preprocessors(self):

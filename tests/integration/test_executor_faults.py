@@ -138,6 +138,36 @@ def test_validate_checks_the_executor_before_reading_tensors(tmp_path, monkeypat
         validate(spec, executor="ray", registry=_registry())
 
 
+def test_validate_and_the_cli_list_every_problem_at_once(tmp_path, monkeypatch, capsys):
+    """api.validate, api.check and ``pactframe validate`` are one check: the executor's
+    settings and the plan's problems are reported together."""
+    import torch
+
+    from pactframe.api import check
+
+    spec = _spec(tmp_path, "t_peek", {"name": "processes", "devices": ["cuda:7"]})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    found = check(spec)
+    assert found.plan is None and not found.ok
+    assert [p.split(":")[0] for p in found.problems] == [
+        "executor 'processes'",
+        "merger 't_peek' (tests.integration._pipeline_helpers.PeekMerger, the default recipe)",
+    ]
+    with pytest.raises(ConfigProblems) as info:
+        validate(spec)
+    assert info.value.problems == list(found.problems)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"base: {spec.base}\nmodels:\n"
+        + "".join(f"  - {{name: {m.name}, path: {m.path}}}\n" for m in spec.models)
+        + "merger: task_arithmetic\nexecutor: {name: processes, devices: [cuda:7]}\n"
+    )
+    assert main(["validate", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "1 problem(s)" in err and "cuda:7" in err
+    assert validate(cfg, executor="local").tensors  # the flag replaces the executor
+
+
 def test_cli_merge_with_executor_flags_shows_one_progress_line_across_workers(
     tmp_path, capsys
 ):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pactframe.api import merge
+from pactframe.api import merge, validate
 from pactframe.config import ConfigProblems
 from pactframe.covariance_io import save_covariances
 from pactframe.errors import CheckpointError, PactframeError
@@ -41,6 +41,32 @@ def _fails(tmp_path, cfg, *needles, exc=PactframeError):
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if "pactframe-tmp" in p.name]
     return text
+
+
+def test_a_supports_that_reads_values_is_a_plan_problem(tmp_path):
+    """The route of every tensor is decided in the plan, on meta tensors: a supports()
+    that needs values is refused before any tensor is read, naming the merger, the
+    exception, the tensors (and the rule's recipe) and what to change."""
+    _, _, bp, paths = write_models(tmp_path)
+    text = _fails(
+        tmp_path,
+        _config(bp, paths, merger="t_peek"),
+        "merger 't_peek'",
+        "PeekMerger",
+        "the default recipe",
+        "supports() raised",
+        "'layers.0.attn.q.weight'",
+        "shape and dtype alone",
+        exc=ConfigProblems,
+    )
+    assert "meta" in text
+    # a rule's recipe is named by its rule; the default recipe's tensors are fine here
+    rules = [{"match": r"\.q\.", "merger": "t_peek"}]
+    text = _fails(tmp_path, _config(bp, paths, rules=rules), "t_peek' (", exc=ConfigProblems)
+    assert "PeekMerger, rule '" in text and "the default recipe" not in text
+    assert "'layers.0.attn.q.weight'" in text and "'layers.0.mlp.up.weight'" not in text
+    with pytest.raises(ConfigProblems, match="supports\\(\\) raised"):
+        validate(_config(bp, paths, merger="t_peek"), registry=test_registry())
 
 
 def test_missing_model_file(tmp_path):

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from pactframe.api import merge, merge_state_dicts
+from pactframe.api import load_spec, merge, merge_state_dicts
 from pactframe.pipeline import MergePipeline
 from tests.integration._pipeline_helpers import (
     finetune,
@@ -116,6 +116,62 @@ def test_rules_and_exclusions_are_applied_and_reported(tmp_path):
     by_name = {t["name"]: t for t in report["tensors"]}
     assert by_name["embed.weight"]["reason"] == "excluded by rule '^embed'"
     assert by_name["lm_head.weight"]["route"] == "rule 'lm_head'"
+
+
+def test_shard_metadata_names_every_recipes_merger(tmp_path):
+    from safetensors import safe_open
+
+    _, _, bp, paths = write_models(tmp_path)
+    rules = [{"match": "lm_head", "merger": "t_noise"}, {"match": "^embed", "exclude": True}]
+    merge(
+        _config(bp, paths, rules=rules, output={"shard_size": 700}),
+        tmp_path / "out",
+        registry=test_registry(),
+    )
+    shards = sorted((tmp_path / "out").glob("*.safetensors"))
+    assert len(shards) > 1
+    for shard in shards:
+        with safe_open(str(shard), "pt") as f:
+            meta = f.metadata()
+        assert meta["pactframe_merger"] == "t_sum"  # the default recipe's, as before
+        assert json.loads(meta["pactframe_recipes"]) == {
+            "default": "t_sum",
+            "rule 'lm_head'": "t_noise",
+        }
+        assert meta["pactframe_fallback"] == "t_mean"
+
+
+def test_each_run_reports_its_own_timings(tmp_path):
+    """Timings belong to the run (its report); the pipeline only shows the last run's,
+    read-only."""
+    _, _, bp, paths = write_models(tmp_path)
+    pipe = MergePipeline(load_spec(_config(bp, paths), registry=test_registry()))
+    assert dict(pipe.timings) == {}
+    report = pipe.run(tmp_path / "out")
+    phases = {"plan_s", "prepass_s", "compute_s", "main_pass_s", "total_s"}
+    assert set(report["timings"]) == phases
+    t = report["timings"]
+    assert 0 <= t["plan_s"] <= t["total_s"] and 0 < t["main_pass_s"] <= t["total_s"]
+    assert dict(pipe.timings).keys() == phases
+    assert pipe.timings["total_s"] == pytest.approx(t["total_s"], abs=1e-4)
+    with pytest.raises(TypeError):
+        pipe.timings["total_s"] = 0.0  # type: ignore[index]
+    second = pipe.run(tmp_path / "out2")
+    assert pipe.timings["total_s"] == pytest.approx(second["timings"]["total_s"], abs=1e-4)
+    assert report["timings"] == t  # the first run's report is not touched by the second
+
+
+def test_merge_state_dicts_reports_its_timings():
+    base = tiny_model(0)
+    result = merge_state_dicts(
+        base,
+        [finetune(base, 1), finetune(base, 2)],
+        {"merger": "t_sum", "fallback": "t_mean"},
+        registry=test_registry(),
+    )
+    t = result.report["timings"]
+    assert set(t) == {"plan_s", "prepass_s", "compute_s", "main_pass_s", "total_s"}
+    assert 0 < t["main_pass_s"] <= t["total_s"]
 
 
 def test_output_dtype_override(tmp_path):
@@ -298,3 +354,17 @@ def test_pipeline_from_yaml_path(tmp_path):
     (tmp_path / "merge.yaml").write_text(yaml.safe_dump(cfg))
     pipe = MergePipeline.from_config(tmp_path / "merge.yaml", registry=test_registry())
     assert pipe.spec.base == bp and len(pipe.plan().tensors) == len(base)
+
+
+def test_merge_state_dicts_keeps_the_merged_deltas_when_asked():
+    base = tiny_model(0)
+    models = [finetune(base, 1), finetune(base, 2)]
+    config = {"merger": "t_sum", "fallback": "t_mean"}
+    plain = merge_state_dicts(base, models, config, registry=test_registry())
+    kept = merge_state_dicts(base, models, config, registry=test_registry(), keep_merged=True)
+    assert plain.merged == {} and sorted(kept.merged) == sorted(base)
+    assert kept.merged["position_ids"] is None  # copied from the base
+    for key in ("layers.0.attn.q.weight", "layers.0.norm.weight"):
+        delta = kept.merged[key].delta
+        torch.testing.assert_close(kept[key], base[key] + delta.to(base[key].dtype))
+        assert torch.equal(kept[key], plain[key])

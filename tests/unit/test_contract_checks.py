@@ -169,6 +169,26 @@ class VectorsOnly(MeanMerger):
 
 
 @attrs.frozen
+class PeeksAtValues(MeanMerger):
+    """supports() reads values: it raises on the plan's shape-only meta tensors."""
+
+    name: ClassVar[str] = "peeks_at_values"
+
+    def supports(self, bundle):
+        return None if float(bundle.base.abs().max()) < 1e6 else "huge weights"
+
+
+@attrs.frozen
+class AnswersByDevice(MeanMerger):
+    """supports() takes on real tensors but refuses the same shapes on meta tensors."""
+
+    name: ClassVar[str] = "answers_by_device"
+
+    def supports(self, bundle):
+        return "no meta tensors" if bundle.base.is_meta else None
+
+
+@attrs.frozen
 class TensorRecord(MeanMerger):
     name: ClassVar[str] = "tensor_record"
 
@@ -254,6 +274,15 @@ def test_catches_a_merger_returning_the_wrong_type():
 
 def test_catches_a_merger_that_refuses_matrices():
     expect_failure(VectorsOnly, "refuses a 2-D weight: only 1-D tensors")
+
+
+def test_catches_a_supports_that_reads_values():
+    expect_failure(PeeksAtValues, "supports() raised")
+    expect_failure(PeeksAtValues, "shape and dtype alone")
+
+
+def test_catches_a_supports_that_answers_otherwise_on_meta_tensors():
+    expect_failure(AnswersByDevice, "answers 'no meta tensors' on meta tensors but None")
 
 
 def test_catches_records_that_are_not_json():

@@ -315,7 +315,7 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
         out_dtype = info.dtype
         if info.is_float and spec.output.dtype != "base":
             out_dtype = OUTPUT_DTYPES[spec.output.dtype]
-        common = dict(
+        common: dict[str, Any] = dict(
             name=key,
             shape=info.shape,
             dtype=info.dtype,
@@ -333,7 +333,7 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
                     recipe_index=-1,
                     **common,
                 )
-            )  # type: ignore[arg-type]
+            )
             continue
         route, recipe = spec.route(key)
         if recipe is None:
@@ -345,7 +345,7 @@ def make_plan(spec: MergeSpec, sources: Sources) -> tuple[MergePlan | None, list
                     recipe_index=-1,
                     **common,
                 )
-            )  # type: ignore[arg-type]
+            )
             continue
         index = next(i for i, r in enumerate(recipes) if r is recipe)
         probe = TensorPlan(handler=RECIPE, route=route, reason="", recipe_index=index, **common)  # type: ignore[arg-type]

@@ -230,7 +230,9 @@ class DictCovarianceSource(_CheckedCovariances):
         return self.covs[key].detach().to("cpu")
 
 
-def _open_model(m: Any, base: Any, nonfinite: str = DEFAULT_NONFINITE) -> Any:
+def _open_model(
+    m: Any, base: TensorSource | None, nonfinite: str = DEFAULT_NONFINITE
+) -> TensorSource:
     """A fine-tuned checkpoint, or a LoRA adapter folder (``type: lora``, or ``auto`` and
     the folder has ``adapter_config.json``) read on top of ``base`` (docs/lora.md)."""
     from pactframe.lora import LoraAdapterSource, is_adapter_dir
@@ -248,9 +250,9 @@ def _open_model(m: Any, base: Any, nonfinite: str = DEFAULT_NONFINITE) -> Any:
 class Sources:
     """The base, the T fine-tuned models (in task order) and their covariances."""
 
-    base: Any
-    models: tuple[Any, ...]
-    covariances: tuple[Any | None, ...]
+    base: TensorSource
+    models: tuple[TensorSource, ...]
+    covariances: tuple[CovarianceSource | None, ...]
 
     def with_nonfinite(self, policy: str) -> Sources:
         """Apply the ``nonfinite`` policy to every tensor source (returns ``self``)."""
@@ -307,6 +309,6 @@ class Sources:
                         except CheckpointError as exc:
                             problems.append(f"model {m.name!r}: {exc}")
             covs.append(cov)
-        if problems:
+        if problems or opened_base is None:
             return None, problems
         return cls(opened_base, tuple(opened), tuple(covs)), []

@@ -34,7 +34,7 @@ import attrs
 import torch
 
 from pactframe.config import ConfigProblems, MergeSpec, RecipeSpec
-from pactframe.contracts import splits_prepass
+from pactframe.contracts import Merger, splits_prepass
 from pactframe.device import COMPUTE_DTYPES, peak_rss_bytes, resolve_device
 from pactframe.errors import ConfigError, InputError
 from pactframe.plan import COPY, RECIPE, TensorPlan
@@ -148,9 +148,10 @@ class PrepassResult:
     worker_baseline_rss: int = 0
 
 
-@attrs.frozen(eq=False)
+@attrs.define(eq=False)
 class Inputs:
-    """CPU tensors of one name, as read."""
+    """CPU tensors of one name, as read (mutable: :meth:`TensorWorker.bundle` consumes
+    ``finetuned``)."""
 
     base: torch.Tensor
     # consumed (emptied) by bundle() to free memory early; an adapter gives its task
@@ -357,6 +358,7 @@ class TensorWorker:
 
     # the main pass -------------------------------------------------------
     def compute(self, unit: TensorUnit, inputs: Inputs) -> TensorResult:
+        """One tensor of the plan: preprocess, merge, add to the base, describe."""
         start = time.perf_counter()
         t = unit.plan
         entry: dict[str, Any] = {
@@ -370,22 +372,44 @@ class TensorWorker:
             entry["reason"] = t.reason
             return self._result(t, inputs.base.to(t.out_dtype), entry, None, start)
         bundle = self.bundle(t, inputs)
-        processed = bundle
-        reason = t.reason  # the route was decided in the plan, once (pactframe.plan)
-        recipe = self.recipes[t.recipe_index] if t.handler == RECIPE else None
-        states = self.job.states
-        if recipe is None:
-            merger, state = self.spec.fallback, None
-            if merger is None:
+        merger, processed, state = self._preprocessed(t, bundle)
+        merged = self._checked_merge(t, merger, processed, state)
+        out = self._merged_output(t, bundle, merged)
+        self._describe(entry, t, merger, bundle, processed, merged)
+        modulator = self._modulator(entry, merged)
+        delta = merged.delta.detach().to("cpu", torch.float32) if self.job.deltas else None
+        if self.job.keep:
+            return self._result(
+                t, out, entry, modulator, start, merged, bundle, processed, delta=delta
+            )
+        return self._result(t, out, entry, modulator, start, delta=delta)
+
+    def _preprocessed(
+        self, t: TensorPlan, bundle: LayerBundle
+    ) -> tuple[Merger, LayerBundle, Any]:
+        """``(merger, preprocessed bundle, its prepass state)`` along the route the plan
+        chose, once (:mod:`pactframe.plan`): the recipe's preprocessors and merger, or
+        the fallback merger on the plain bundle."""
+        if t.handler != RECIPE:
+            if self.spec.fallback is None:
                 raise ConfigError(
-                    f"Tensor {t.name!r} needs the fallback merger ({reason}), "
+                    f"Tensor {t.name!r} needs the fallback merger ({t.reason}), "
                     "but fallback is null. Set fallback: average."
                 )
-        else:
-            for pos, pre in enumerate(recipe.preprocessors):
-                processed = pre.preprocess(processed, states.get((t.recipe_index, pos)))
-            merger = recipe.merger
-            state = states.get((t.recipe_index, len(recipe.preprocessors)))
+            return self.spec.fallback, bundle, None
+        recipe = self.recipes[t.recipe_index]
+        states = self.job.states
+        processed = bundle
+        for pos, pre in enumerate(recipe.preprocessors):
+            processed = pre.preprocess(processed, states.get((t.recipe_index, pos)))
+        state = states.get((t.recipe_index, len(recipe.preprocessors)))
+        return recipe.merger, processed, state
+
+    @staticmethod
+    def _checked_merge(
+        t: TensorPlan, merger: Merger, processed: LayerBundle, state: Any
+    ) -> MergedTensor:
+        """``merger.merge`` with its result checked against the plan's shape."""
         merged = merger.merge(processed, state)
         if not isinstance(merged, MergedTensor) or tuple(merged.delta.shape) != t.shape:
             got = tuple(merged.delta.shape) if isinstance(merged, MergedTensor) else type(merged)
@@ -393,14 +417,29 @@ class TensorWorker:
                 f"Tensor {t.name!r}: merger {merger.name!r} returned {got}; expected a "
                 f"MergedTensor with a delta of shape {t.shape}."
             )
-        # base + delta in the compute dtype, rounded once into the output dtype: one
-        # kernel writes the output buffer (no compute-dtype temporary to cast afterwards)
+        return merged
+
+    @staticmethod
+    def _merged_output(t: TensorPlan, bundle: LayerBundle, merged: MergedTensor) -> torch.Tensor:
+        """``base + delta`` in the compute dtype, rounded once into the output dtype: one
+        kernel writes the output buffer (no compute-dtype temporary to cast afterwards)."""
         out = torch.empty(t.shape, dtype=t.out_dtype, device=bundle.base.device)
         torch.add(bundle.base, merged.delta.to(bundle.base.dtype), out=out)
-        out = out.to("cpu")
+        return out.to("cpu")
+
+    def _describe(
+        self,
+        entry: dict[str, Any],
+        t: TensorPlan,
+        merger: Merger,
+        bundle: LayerBundle,
+        processed: LayerBundle,
+        merged: MergedTensor,
+    ) -> None:
+        """The report entry: merger, route reason, component records, evaluators."""
         entry["merger"] = merger.name
-        if reason:
-            entry["reason"] = reason
+        if t.reason:
+            entry["reason"] = t.reason
         records = [*processed.records, *merged.records]
         if records:
             entry["records"] = [{"source": r.source, "data": jsonable(r.data)} for r in records]
@@ -409,21 +448,19 @@ class TensorWorker:
             evals[ev.name] = jsonable(ev.evaluate_tensor(bundle, processed, merged))
         if evals:
             entry["evaluators"] = evals
-        modulator = None
-        if merged.is_task_conditioned:
-            entry["task_conditioned"] = True
-            assert merged.task_names and merged.task_masks and merged.task_scales
-            modulator = Modulator(
-                tuple(merged.task_names),
-                tuple(m.detach().to("cpu", torch.bool) for m in merged.task_masks),
-                tuple(float(s) for s in merged.task_scales),
-            )
-        delta = merged.delta.detach().to("cpu", torch.float32) if self.job.deltas else None
-        if self.job.keep:
-            return self._result(
-                t, out, entry, modulator, start, merged, bundle, processed, delta=delta
-            )
-        return self._result(t, out, entry, modulator, start, delta=delta)
+
+    @staticmethod
+    def _modulator(entry: dict[str, Any], merged: MergedTensor) -> Modulator | None:
+        """The task-conditioned part of a merge (EMR's masks and scales), on the CPU."""
+        if not merged.is_task_conditioned:
+            return None
+        entry["task_conditioned"] = True
+        assert merged.task_names and merged.task_masks and merged.task_scales
+        return Modulator(
+            tuple(merged.task_names),
+            tuple(m.detach().to("cpu", torch.bool) for m in merged.task_masks),
+            tuple(float(s) for s in merged.task_scales),
+        )
 
     def _result(
         self,

@@ -3,7 +3,7 @@ parameters and defaults (text and ``--json``); ``python -m pactframe`` works.
 
 Expected defaults are the documented ones (docs/decomposers.md, docs/pact.md,
 docs/pave.md: oversampling p = 10, 2 power iterations then an adaptive stop at
-1e-3 energy growth up to 8, CorDA damping 0.01 relative, tolerance 0.05), not read back
+1e-3 energy growth (budget auto: 8 for small ranks), CorDA damping 0.01 relative, tolerance 0.05), not read back
 from the classes.
 """
 
@@ -25,7 +25,7 @@ DOCUMENTED = {
         "oversampling": 10,
         "power_iterations": 2,
         "tolerance": 1e-3,
-        "max_power_iterations": 8,
+        "max_power_iterations": None,
         "seed": 0,
     },
     "co_svd": {

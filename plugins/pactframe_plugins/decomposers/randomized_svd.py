@@ -11,7 +11,6 @@ from pactframe import Decomposer, Factorization, hookimpl, param
 from pactframe.linalg import as_working
 from pactframe.validation import integer, real
 
-
 #: Iteration budget of the adaptive stop for small target ranks (``max_power_iterations``
 #: None), and what "small" means: ``k < SMALL_RANK * min(m, n)``.
 AUTO_BUDGET = 8

@@ -3,8 +3,8 @@ parameters and defaults (text and ``--json``); ``python -m pactframe`` works.
 
 Expected defaults are the documented ones (docs/decomposers.md, docs/pact.md,
 docs/pave.md: oversampling p = 10, 2 power iterations then an adaptive stop at
-1e-3 energy growth (budget auto: 8 for small ranks), CorDA damping 0.01 relative, tolerance 0.05), not read back
-from the classes.
+1e-3 energy growth (budget auto: 8 for small ranks), CorDA damping 0.01 relative,
+tolerance 0.05), not read back from the classes.
 """
 
 from __future__ import annotations

@@ -394,8 +394,8 @@ def _captured(a: torch.Tensor, u: torch.Tensor) -> float:
 def test_adaptive_iterations_capture_at_least_the_energy_of_the_fixed_ones(seed, k):
     """Invariant: on a flat spectrum (s_j = 0.99^j, no gap), the adaptive stop (default
     tolerance 1e-3, at most 8 iterations for these ranks k < 0.1 * 90) captures at least
-    the top-k energy of exactly q = 2 iterations from the same sketch, and never more than the optimum (the exact
-    top-k energy, numpy)."""
+    the top-k energy of exactly q = 2 iterations from the same sketch, and never more
+    than the optimum (the exact top-k energy, numpy)."""
     a = _flat_spectrum_matrix(seed)
     fixed = RandomizedSVD(tolerance=0.0).decompose(a, k, generator=gen(seed))
     adaptive = RandomizedSVD().decompose(a, k, generator=gen(seed))

@@ -45,7 +45,7 @@ independent work units in this process, in worker processes or on a cluster.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Generic, TypeVar
 
 import attrs
@@ -214,6 +214,29 @@ class Decomposer(Component):
         Half-precision input is computed in float32; the factors come back in
         the compute dtype (float32 or float64), on ``matrix``'s device.
         """
+
+    def decompose_many(
+        self,
+        matrices: Sequence[torch.Tensor],
+        rank: int | None = None,
+        *,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> list[Factorization]:
+        """Factorize several matrices with one ``rank`` (the ``T`` task vectors of one
+        tensor), ``generators[i]`` seeding matrix ``i``.
+
+        The same factors as :meth:`decompose` on each, up to rounding. This default
+        calls it once per matrix; a decomposer may override it with batched calls
+        when the shapes match (``exact_svd``, ``randomized_svd``: one ``(T, m, n)``
+        call of each kernel instead of ``T``, which is what saves time on a GPU; on
+        a CPU the flops are the same).
+        """
+        gens = list(generators) if generators is not None else [None] * len(matrices)
+        if len(gens) != len(matrices):
+            raise ValueError(
+                f"decompose_many: {len(matrices)} matrices but {len(gens)} generators."
+            )
+        return [self.decompose(m, rank, generator=g) for m, g in zip(matrices, gens)]
 
     def decompose_low_rank(
         self,

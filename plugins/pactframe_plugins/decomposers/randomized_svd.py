@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import attrs
@@ -10,6 +11,7 @@ import torch
 from pactframe import Decomposer, Factorization, hookimpl, param
 from pactframe.linalg import as_working
 from pactframe.validation import integer, real
+from pactframe_plugins.decomposers.exact_svd import batches
 
 #: Iteration budget of the adaptive stop for small target ranks (``max_power_iterations``
 #: None), and what "small" means: ``k < SMALL_RANK * min(m, n)``.
@@ -91,30 +93,78 @@ class RandomizedSVD(Decomposer):
         covariance: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Factorization:
-        a = as_working(matrix)
-        m, n = a.shape
-        full = min(m, n)
-        k = full if rank is None else max(0, min(int(rank), full))
+        return self._sketched([matrix], rank, [generator])[0]
+
+    def decompose_many(
+        self,
+        matrices: Sequence[torch.Tensor],
+        rank: int | None = None,
+        *,
+        generators: Sequence[torch.Generator | None] | None = None,
+    ) -> list[Factorization]:
+        """The sketches of all matrices in one batched call of each kernel on an
+        accelerator when their shapes, dtypes and devices match
+        (:func:`~pactframe_plugins.decomposers.exact_svd.batches`) and no adaptive
+        stop applies (the stop is per matrix); each matrix draws its ``Omega`` from
+        its own generator, so the result is :meth:`decompose`'s up to rounding. Else
+        one call each."""
+        gens = list(generators) if generators is not None else [None] * len(matrices)
+        if len(gens) != len(matrices):
+            raise ValueError(
+                f"decompose_many: {len(matrices)} matrices but {len(gens)} generators."
+            )
+        if batches(matrices):
+            m, n = matrices[0].shape
+            k = min(m, n) if rank is None else max(0, min(int(rank), min(m, n)))
+            if self._iteration_plan(k, min(m, n))[1] is False:
+                return self._sketched(list(matrices), rank, gens)
+        return [self._sketched([a], rank, [g])[0] for a, g in zip(matrices, gens)]
+
+    def _iteration_plan(self, k: int, full: int) -> tuple[int, bool]:
+        """``(most iterations, adaptive?)`` for target rank ``k`` of ``min(m, n) = full``."""
         sketch = min(k + self.oversampling, full)
-        if generator is None:
-            generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        omega = torch.randn(n, sketch, generator=generator, dtype=a.dtype).to(a.device)
-        q, _ = torch.linalg.qr(a @ omega)
         budget = self.max_power_iterations
         if budget is None:
             budget = AUTO_BUDGET if k < SMALL_RANK * full else self.power_iterations
         limit = max(self.power_iterations, budget)
         adaptive = self.tolerance > 0 and 0 < k < full and sketch < full
         adaptive = adaptive and limit > self.power_iterations
-        if not adaptive:
-            limit = self.power_iterations
+        return (limit if adaptive else self.power_iterations), adaptive
+
+    def _sketched(
+        self,
+        matrices: list[torch.Tensor],
+        rank: int | None,
+        generators: Sequence[torch.Generator | None],
+    ) -> list[Factorization]:
+        """Algorithm 4.4 + 5.1 on a batch ``(T, m, n)`` of equal-shape matrices (``T``
+        may be 1); the adaptive stop only for a batch of one."""
+        a = (
+            as_working(matrices[0]).unsqueeze(0)  # a view: no copy of a large matrix
+            if len(matrices) == 1
+            else torch.stack([as_working(x) for x in matrices])
+        )
+        _, m, n = a.shape
+        full = min(m, n)
+        k = full if rank is None else max(0, min(int(rank), full))
+        sketch = min(k + self.oversampling, full)
+        draws = []
+        for g in generators:
+            if g is None:
+                g = torch.Generator(device="cpu").manual_seed(self.seed)
+            draws.append(torch.randn(n, sketch, generator=g, dtype=a.dtype))
+        omega = torch.stack(draws).to(a.device)
+        at = a.transpose(-2, -1)
+        q, _ = torch.linalg.qr(a @ omega)
+        limit, adaptive = self._iteration_plan(k, full)
+        adaptive = adaptive and len(matrices) == 1
         small: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         captured: float | None = None
         done = 0
         while True:
             if adaptive and done >= self.power_iterations - 1:
-                small = torch.linalg.svd(q.transpose(0, 1) @ a, full_matrices=False)
-                energy = float(small[1][:k].double().square().sum())
+                small = torch.linalg.svd(q.transpose(-2, -1) @ a, full_matrices=False)
+                energy = float(small[1][..., :k].double().square().sum())
                 grew = None if captured is None else energy - captured
                 if done >= self.power_iterations and grew is not None:
                     if grew <= self.tolerance * energy:
@@ -122,16 +172,17 @@ class RandomizedSVD(Decomposer):
                 captured = energy
             if done >= limit:
                 break
-            z, _ = torch.linalg.qr(a.transpose(0, 1) @ q)
+            z, _ = torch.linalg.qr(at @ q)
             q, _ = torch.linalg.qr(a @ z)
             small = None
             done += 1
         ub, s, vh = (
             small
             if small is not None
-            else torch.linalg.svd(q.transpose(0, 1) @ a, full_matrices=False)
+            else torch.linalg.svd(q.transpose(-2, -1) @ a, full_matrices=False)
         )
-        return Factorization(q @ ub, s, vh).truncate(k)
+        u = q @ ub
+        return [Factorization(u[i], s[i], vh[i]).truncate(k) for i in range(len(matrices))]
 
 
 @hookimpl

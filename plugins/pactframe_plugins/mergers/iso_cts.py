@@ -13,7 +13,7 @@ from pactframe.matrix import from_linear_layout, linear_layout
 from pactframe.seeding import generator
 from pactframe.types import LowRank
 from pactframe.validation import real
-from pactframe_plugins.mergers._svd import SVDMerger, TripletStack
+from pactframe_plugins.mergers._svd import SVDMerger, TripletStack, decompose_tasks
 
 
 def subspace_sizes(rank: int, num_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -132,6 +132,19 @@ class IsoCTS(SVDMerger):
         residual_rtol = derived_rtol(shape, dtype)
         u_common = U[:, :common]
         stack = TripletStack()
+
+        def residual(t: int) -> torch.Tensor:  # Delta_t - U_c U_c^T Delta_t
+            return deltas[t] - u_common @ (u_common.transpose(0, 1) @ deltas[t])
+
+        dense_tasks = [] if lin else list(range(T))
+        found = decompose_tasks(
+            self.decomposer,
+            residual,
+            dense_tasks,
+            per_task,
+            [generator(bundle.seed, self.name, t) for t in dense_tasks],
+            bundle.base.device,
+        )
         for t in range(T):
             if lin:  # R_t = (B - U_c U_c^T B) A, still factored
                 f = lin[t]
@@ -140,13 +153,9 @@ class IsoCTS(SVDMerger):
                 s_f = f.svd().S
                 scale = float(s_f[0]) if s_f.numel() else 0.0
             else:
-                delta_t = deltas[t]
-                residual = delta_t - u_common @ (u_common.transpose(0, 1) @ delta_t)
-                f_t = self.decomposer.decompose(
-                    residual, per_task, generator=generator(bundle.seed, self.name, t)
-                )
+                f_t = found[t]
                 u_t, s_t, vh_t = f_t.U, f_t.S, f_t.Vh
-                scale = float(torch.linalg.matrix_norm(delta_t, ord=2))
+                scale = float(torch.linalg.matrix_norm(deltas[t], ord=2))
             stack.add(u_t, s_t, vh_t, min(per_task, numerical_rank(s_t, residual_rtol, scale)))
         stack.add(U, S, Vh, common)  # the common space, after the task-specific slots
         if sum(stack.kept) == 0:

@@ -7,11 +7,11 @@ from typing import Any, ClassVar
 import attrs
 import torch
 
-from pactframe import LayerBundle, MergedTensor, Merger, Record, hookimpl, param
+from pactframe import Factorization, LayerBundle, MergedTensor, Merger, Record, hookimpl, param
 from pactframe.linalg import as_working, numerical_rank, rank_rtol
 from pactframe.seeding import generator
 from pactframe.validation import one_of
-from pactframe_plugins.mergers._svd import SVDMerger, TripletStack
+from pactframe_plugins.mergers._svd import SVDMerger, TripletStack, decompose_tasks
 
 RANK_SPLITS = ("floor", "balanced")
 
@@ -112,15 +112,27 @@ class TSVM(SVDMerger):
         route = self.resolved_route
         stack = TripletStack()
         factored = bundle.factored_task_vectors
+        dense: dict[int, Factorization] = {}
+        for k in sorted(set(ranks)):  # tasks of one budget decomposed together
+            tasks = [t for t, r in enumerate(ranks) if r == k and factored[t] is None]
+            gens = [generator(bundle.seed, self.name, t) for t in tasks]
+            dense |= decompose_tasks(
+                self.decomposer,
+                lambda t: as_working(bundle.task_vectors[t]),
+                tasks,
+                k,
+                gens,
+                bundle.base.device,
+            )
+        rtol = rank_rtol(bundle.base.shape, as_working(bundle.base).dtype)
         for t, k in enumerate(ranks):
             low_rank = factored[t]
             if low_rank is not None:  # a LoRA task vector: the exact SVD from its factors
                 f = low_rank.truncated_svd()  # already clipped to rank(Delta_t)
                 keep = min(k, int(f.S.numel()))
             else:
-                a = as_working(bundle.task_vectors[t])
-                f = self.decomposer.decompose(a, k, generator=generator(bundle.seed, self.name, t))
-                keep = min(k, numerical_rank(f.S, rank_rtol(a.shape, a.dtype)))  # clip to rank
+                f = dense[t]
+                keep = min(k, numerical_rank(f.S, rtol))  # clip to rank
             stack.add(f.U, f.S, f.Vh, keep)
         kept = stack.kept
         if sum(kept) < sum(ranks):

@@ -48,7 +48,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -205,12 +204,15 @@ def method_config(method: str, variant: str, folder: Path, tasks: int, device: s
 def run_worker(config_path: Path, out: Path) -> None:
     """Merge one config; print ``{"wall_s", "peak_rss_mib"}`` as JSON."""
     from pactframe.api import merge
+    from pactframe.device import peak_rss_bytes
 
     data = json.loads(config_path.read_text())
     start = time.perf_counter()
     merge(data, out, force=True)
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, this process's own peak: ru_maxrss survives exec and would report the
+    # parent's (which generated the checkpoints) when that was larger
+    peak = peak_rss_bytes() / 2**20
     print(json.dumps({"wall_s": wall, "peak_rss_mib": peak}))
 
 

@@ -130,16 +130,19 @@ class PAVEPurifier(Preprocessor[RankAllocation]):
     ``Record("pave", ...)`` with the action, ranks, ``R``, ``rho_i`` and the
     tail energies per task.
 
-    Cost (``docs/pave.md``, "Cost"): :meth:`prepare` needs the spectra only
-    (singular values of ``W C_reg``, no singular vectors); :meth:`preprocess`
-    does one decomposition per task and tensor. For the covariance-weighted
-    decomposers (``co_svd``, ``asvd``, ``svd_llm``) the damping search and the
-    weighting ``W M`` are computed in float64 (so the damping checks of
-    :func:`pactframe.linalg.damped_covariance` hold as before), the SVD of
-    ``W M`` in ``precision`` (``float32`` by default, about 2-4x cheaper than
-    float64 on CPU; float64 task vectors, e.g. ``compute_dtype: float64``, stay
-    float64; ``precision: float64`` is the previous behaviour for all inputs), and
-    ``Vh M^-1`` in float64. Returned in the task vectors' dtype.
+    Cost and routes (``docs/pave.md``, "Cost, and the two routes"). ``route``
+    ``gram`` (the default, ``auto``, for the covariance-weighted decomposers
+    ``co_svd``, ``asvd``, ``svd_llm``): ``W M`` in float64, the float64
+    eigendecomposition of its smaller Gram matrix (eigenvalues only in
+    :meth:`prepare`), and ``W_dagger = U_r U_r^T W_ft`` (:class:`GramFactors`),
+    which equals eq. 6's ``U_r diag(S_r) Vh_r M^-1`` with no inverse of ``M``.
+    ``exact``: :meth:`prepare` computes the singular values of ``W M``,
+    :meth:`preprocess` its SVD in ``precision`` (``float32`` by default; float64
+    task vectors stay float64; ``float64`` is the behaviour before issue 13) and
+    ``Vh M^-1`` in float64. Either way the damping search of ``co_svd``
+    (:func:`pactframe.linalg.damped_covariance`, all its checks) runs once per
+    covariance in a process: the main pass reuses the accepted ``eps``.
+    Returned in the task vectors' dtype.
     """
 
     name: ClassVar[str] = "pave"

@@ -180,6 +180,19 @@ def splits_prepass(component: Any) -> bool:
     )
 
 
+def generators_for(
+    matrices: Sequence[torch.Tensor], generators: Sequence[torch.Generator | None] | None
+) -> list[torch.Generator | None]:
+    """:meth:`Decomposer.decompose_many`'s generators: one per matrix (``None`` for all
+    when not given); a count that does not match is a ``ValueError``."""
+    gens: list[torch.Generator | None] = (
+        list(generators) if generators is not None else [None] * len(matrices)
+    )
+    if len(gens) != len(matrices):
+        raise ValueError(f"decompose_many: {len(matrices)} matrices but {len(gens)} generators.")
+    return gens
+
+
 class Decomposer(Component):
     """Matrix (and optional context) -> :class:`Factorization`.
 
@@ -231,11 +244,7 @@ class Decomposer(Component):
         call of each kernel instead of ``T``, which is what saves time on a GPU; on
         a CPU the flops are the same).
         """
-        gens = list(generators) if generators is not None else [None] * len(matrices)
-        if len(gens) != len(matrices):
-            raise ValueError(
-                f"decompose_many: {len(matrices)} matrices but {len(gens)} generators."
-            )
+        gens = generators_for(matrices, generators)
         return [self.decompose(m, rank, generator=g) for m, g in zip(matrices, gens)]
 
     def decompose_low_rank(

@@ -9,6 +9,7 @@ import attrs
 import torch
 
 from pactframe import Decomposer, Factorization, hookimpl, param
+from pactframe.contracts import generators_for
 from pactframe.linalg import as_working
 from pactframe.validation import integer, real
 from pactframe_plugins.decomposers.exact_svd import batches
@@ -108,11 +109,7 @@ class RandomizedSVD(Decomposer):
         stop applies (the stop is per matrix); each matrix draws its ``Omega`` from
         its own generator, so the result is :meth:`decompose`'s up to rounding. Else
         one call each."""
-        gens = list(generators) if generators is not None else [None] * len(matrices)
-        if len(gens) != len(matrices):
-            raise ValueError(
-                f"decompose_many: {len(matrices)} matrices but {len(gens)} generators."
-            )
+        gens = generators_for(matrices, generators)
         if batches(matrices):
             m, n = matrices[0].shape
             k = min(m, n) if rank is None else max(0, min(int(rank), min(m, n)))

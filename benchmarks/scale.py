@@ -245,6 +245,30 @@ def extrapolate(per_layer: dict[int, float]) -> float | None:
     return per_layer[2048] * growth * LLAMA_7B["layers"]
 
 
+def per_layer_times(rows: list[dict]) -> dict[tuple[str, str, int], dict[int, float]]:
+    """``{(method, variant, T): {hidden: seconds per decoder layer}}`` of result rows."""
+    out: dict[tuple[str, str, int], dict[int, float]] = {}
+    for row in rows:
+        key = (row["method"], row["variant"], row["tasks"])
+        out.setdefault(key, {})[row["hidden"]] = row["wall_s"] / row["layers"]
+    return out
+
+
+def print_extrapolation(per_layer: dict[tuple[str, str, int], dict[int, float]]) -> dict:
+    """Print (and return) the 7B-shape extrapolation of every case measured at both widths."""
+    extrapolated = {}
+    for (method, variant, tasks), times in per_layer.items():
+        total = extrapolate(times)
+        if total is not None:
+            extrapolated[f"{method}/{variant}/T={tasks}"] = total
+    if extrapolated:
+        print("\n## EXTRAPOLATION (not a measurement) to hidden 4096, intermediate 11008, 32 "
+              "layers: per-layer time at hidden 2048 times its growth from 1024 to 2048")
+        for name, total in sorted(extrapolated.items()):
+            print(f"- {name}: ~{total / 60:.1f} min")
+    return extrapolated
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
@@ -265,9 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="hidden 128 x 1 layer, T = 2, vocab 256 (seconds)"
     )
+    parser.add_argument(
+        "--extrapolate",
+        nargs="+",
+        type=Path,
+        metavar="JSON",
+        help="only print the 7B extrapolation from the --json files of earlier runs "
+        "(one at hidden 1024, one at 2048, for example)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         run_worker(Path(args.worker[0]), Path(args.worker[1]))
+        return 0
+    if args.extrapolate:
+        rows = [r for f in args.extrapolate for r in json.loads(f.read_text())["results"]]
+        print_extrapolation(per_layer_times(rows))
         return 0
     if args.smoke:
         args.shapes, args.tasks, args.vocab = "128x1", "2", 256
@@ -314,16 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"| {row['load1']:.1f} |", flush=True)
                 if args.json:  # after every case, so an interrupted run keeps its rows
                     args.json.write_text(json.dumps({"results": results}, indent=1))
-    extrapolated = {}
-    for (method, variant, tasks), times in per_layer.items():
-        total = extrapolate(times)
-        if total is not None:
-            extrapolated[f"{method}/{variant}/T={tasks}"] = total
-    if extrapolated:
-        print("\n## EXTRAPOLATION (not a measurement) to hidden 4096, intermediate 11008, 32 "
-              "layers: per-layer time at hidden 2048 times its growth from 1024 to 2048")
-        for name, total in sorted(extrapolated.items()):
-            print(f"- {name}: ~{total / 60:.1f} min")
+    extrapolated = print_extrapolation(per_layer)
     print(f"\n# uptime at end: load {os.getloadavg()}")
     if args.json:
         args.json.write_text(json.dumps({"results": results, "extrapolated_s": extrapolated},

@@ -74,3 +74,41 @@ def test_smoke_mode_writes_ratios_to_ta(tmp_path):
     ]
     assert rows[0]["time_x_ta"] == 1.0 and rows[1]["time_x_ta"] > 0
     assert all(r["peak_rss_mib"] > 0 for r in rows)
+
+
+def test_extrapolation_from_saved_runs(tmp_path, capsys):
+    """--extrapolate reads earlier --json files: per-layer 1 s at hidden 1024 and 4 s at
+    2048 grow 4x per doubling, so 4 * 4 s * 32 layers = 512 s at the 7B shape."""
+    rows = [
+        {
+            "method": "ta",
+            "variant": "exact",
+            "tasks": 3,
+            "hidden": 1024,
+            "layers": 8,
+            "wall_s": 8.0,
+        },
+        {
+            "method": "ta",
+            "variant": "exact",
+            "tasks": 3,
+            "hidden": 2048,
+            "layers": 2,
+            "wall_s": 8.0,
+        },
+        {
+            "method": "ties",
+            "variant": "exact",
+            "tasks": 3,
+            "hidden": 1024,
+            "layers": 8,
+            "wall_s": 1.0,
+        },
+    ]
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"results": rows[::2]}))
+    second.write_text(json.dumps({"results": rows[1:2]}))
+    assert _scale().main(["--extrapolate", str(first), str(second)]) == 0
+    out = capsys.readouterr().out
+    assert f"- ta/exact/T=3: ~{512 / 60:.1f} min" in out
+    assert "ties" not in out  # measured at one width only

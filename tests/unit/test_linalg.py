@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pactframe.linalg import (
     as_working,
@@ -211,3 +213,32 @@ def test_gram_route_float32_keeps_the_rank_decisions_of_the_exact_svd():
     u, _, vh = np.linalg.svd(a.astype(np.float64), full_matrices=False)
     p = gram_polar_in_span(torch.from_numpy(a)).numpy()
     assert np.abs(p - u @ vh).max() <= 1e-3
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(2, 40),
+    log_cond=st.floats(0.0, 14.0),
+    log_error=st.floats(-14.0, 1.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_probe_accelerated_acceptance_agrees_with_the_exact_residual(n, log_cond, log_error, seed):
+    """Invariant: damped_covariance's acceptance (rounding floor, then an 8-probe estimate
+    of ||A X - I||_F that settles only far below the tolerance, else the exact residual)
+    gives the same verdict as the exact two-sided residual test, for SPD matrices of
+    condition up to 1e14 and inverses perturbed from 1e-14 to 10 relative."""
+    from pactframe.linalg import _accurate_inverse, _inverse_residual
+
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    a = (q * torch.logspace(0, -log_cond, n, dtype=torch.float64)) @ q.T
+    a = 0.5 * (a + a.T)
+    x = torch.linalg.inv(a)
+    noise = torch.randn(n, n, generator=g, dtype=torch.float64)
+    x = x + (10.0**log_error) * float(x.norm()) * (noise + noise.T) / float(
+        (noise + noise.T).norm()
+    )
+    eye = torch.eye(n, dtype=torch.float64)
+    for tolerance in (0.05, 1e-6):
+        exact = _inverse_residual(a, x, eye) < tolerance
+        assert _accurate_inverse(a, x, eye, tolerance) == exact

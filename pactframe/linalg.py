@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from collections import OrderedDict
 
 import torch
@@ -250,11 +251,13 @@ def regularized_covariance(
 #: process (least recently used first), at most :data:`_DAMPING_MEMO_SIZE` entries.
 _DAMPING_MEMO: OrderedDict[tuple[object, ...], float] = OrderedDict()
 _DAMPING_MEMO_SIZE = 4096
+_DAMPING_LOCK = threading.Lock()  # components may run in threads of an embedding program
 
 
 def clear_damping_memo() -> None:
     """Forget the ``eps`` decisions :func:`damped_covariance` remembered."""
-    _DAMPING_MEMO.clear()
+    with _DAMPING_LOCK:
+        _DAMPING_MEMO.clear()
 
 
 def _fingerprint(matrix: torch.Tensor) -> str:
@@ -311,9 +314,11 @@ def _damping_search(
         int(max_doublings),
         check,
     )
-    known = _DAMPING_MEMO.get(key)
+    with _DAMPING_LOCK:
+        known = _DAMPING_MEMO.get(key)
+        if known is not None:
+            _DAMPING_MEMO.move_to_end(key)
     if known is not None:
-        _DAMPING_MEMO.move_to_end(key)
         c_reg = c + (known * scale) * eye
         if not need_inverse:
             return c_reg, known, None
@@ -338,9 +343,10 @@ def _damping_search(
                 ):
                     inverse = candidate
         if inverse is not None:
-            _DAMPING_MEMO[key] = eps
-            if len(_DAMPING_MEMO) > _DAMPING_MEMO_SIZE:
-                _DAMPING_MEMO.popitem(last=False)
+            with _DAMPING_LOCK:
+                _DAMPING_MEMO[key] = eps
+                if len(_DAMPING_MEMO) > _DAMPING_MEMO_SIZE:
+                    _DAMPING_MEMO.popitem(last=False)
             return c_reg, eps, inverse
         eps *= 2.0
     raise InputError(

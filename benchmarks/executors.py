@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import torch
+from _llama import llama_shapes as testing_llama_shapes
 from safetensors.torch import save_file
 
 EXECUTORS = {
@@ -64,20 +65,8 @@ SEVEN_B = {"hidden": 4096, "intermediate": 11008, "layers": 32, "vocab": 32000}
 
 
 def llama_shapes(hidden: int, layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
-    f = int(round(2.75 * hidden))
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{proj}.weight"] = (hidden, hidden)
-        shapes[p + "mlp.gate_proj.weight"] = (f, hidden)
-        shapes[p + "mlp.up_proj.weight"] = (f, hidden)
-        shapes[p + "mlp.down_proj.weight"] = (hidden, f)
-        shapes[p + "input_layernorm.weight"] = (hidden,)
-        shapes[p + "post_attention_layernorm.weight"] = (hidden,)
-    shapes["model.norm.weight"] = (hidden,)
-    shapes["lm_head.weight"] = (vocab, hidden)
-    return shapes
+    """The generated model's layout (intermediate ``2.75 x hidden``)."""
+    return testing_llama_shapes(hidden, int(round(2.75 * hidden)), layers, vocab)
 
 
 def generate(root: Path, hidden: int, layers: int, vocab: int, tasks: int) -> int:

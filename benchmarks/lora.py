@@ -43,26 +43,14 @@ import time
 from pathlib import Path
 
 import torch
+from _llama import LLAMA_LINEAR, llama_shapes
 from safetensors.torch import load_file, save_file
 
-LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAR = LLAMA_LINEAR
 
 
 def _shapes(hidden: int, layers: int, vocab: int) -> dict[str, tuple[int, ...]]:
-    inter = int(hidden * 2.75)
-    out: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, hidden)}
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            out[f"{p}.self_attn.{name}.weight"] = (hidden, hidden)
-        out[f"{p}.mlp.gate_proj.weight"] = (inter, hidden)
-        out[f"{p}.mlp.up_proj.weight"] = (inter, hidden)
-        out[f"{p}.mlp.down_proj.weight"] = (hidden, inter)
-        out[f"{p}.input_layernorm.weight"] = (hidden,)
-        out[f"{p}.post_attention_layernorm.weight"] = (hidden,)
-    out["model.norm.weight"] = (hidden,)
-    out["lm_head.weight"] = (vocab, hidden)
-    return out
+    return llama_shapes(hidden, int(hidden * 2.75), layers, vocab)
 
 
 def build(root: Path, hidden: int, layers: int, rank: int, vocab: int = 8192) -> None:

@@ -55,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _llama import llama_layer_shapes, llama_shapes
+
 METHODS = ("ta", "ties", "tsv_m", "iso_c", "pact_tsv_m", "pact_iso_c", "pave_ta")
 VARIANTS = ("exact", "efficient")
 VOCAB = 8192
@@ -66,18 +68,7 @@ def intermediate_size(hidden: int) -> int:
 
 
 def layer_shapes(hidden: int) -> dict[str, tuple[int, ...]]:
-    inter = intermediate_size(hidden)
-    return {
-        "self_attn.q_proj.weight": (hidden, hidden),
-        "self_attn.k_proj.weight": (hidden, hidden),
-        "self_attn.v_proj.weight": (hidden, hidden),
-        "self_attn.o_proj.weight": (hidden, hidden),
-        "mlp.gate_proj.weight": (inter, hidden),
-        "mlp.up_proj.weight": (inter, hidden),
-        "mlp.down_proj.weight": (hidden, inter),
-        "input_layernorm.weight": (hidden,),
-        "post_attention_layernorm.weight": (hidden,),
-    }
+    return llama_layer_shapes(hidden, intermediate_size(hidden))
 
 
 #: The layer input each linear weight reads (one covariance per group, task and layer).
@@ -104,14 +95,7 @@ def make_checkpoints(folder: Path, hidden: int, layers: int, tasks: int, vocab: 
         return
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    shapes: dict[str, tuple[int, ...]] = {
-        "model.embed_tokens.weight": (vocab, hidden),
-        "model.norm.weight": (hidden,),
-        "lm_head.weight": (vocab, hidden),
-    }
-    for i in range(layers):
-        for key, shape in layer_shapes(hidden).items():
-            shapes[f"model.layers.{i}.{key}"] = shape
+    shapes = llama_shapes(hidden, intermediate_size(hidden), layers, vocab)
     base = {}
     for key, shape in shapes.items():
         if len(shape) == 1:
@@ -135,14 +119,15 @@ def make_checkpoints(folder: Path, hidden: int, layers: int, tasks: int, vocab: 
     # the same input (one matrix stored under each of their keys), gate/up another,
     # o_proj and down_proj their own; every task's differ (its own fine-tuned model
     # and data), so no damping decision can be shared across tasks.
+    groups: dict[str, list[str]] = {}
+    for key, group in INPUT_GROUP.items():
+        groups.setdefault(group, []).append(key)
+    layer = layer_shapes(hidden)
     for t in range(tasks):
         covs, layouts, samples = {}, {}, {}
         for i in range(layers):
-            groups: dict[str, list[str]] = {}
-            for key, group in INPUT_GROUP.items():
-                groups.setdefault(group, []).append(key)
             for keys in groups.values():
-                d = layer_shapes(hidden)[keys[0]][1]
+                d = layer[keys[0]][1]
                 scale = torch.logspace(0, -2, d).sqrt()
                 x = torch.randn(2 * d, d, generator=g) * scale
                 cov = (x.T @ x) / (2 * d)

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from _llama import llama_shapes as testing_llama_shapes
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -68,20 +69,10 @@ LLAMA = {
 
 
 def llama_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
-    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h)}
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            shapes[p + f"self_attn.{proj}.weight"] = (h, h)
-        shapes[p + "mlp.gate_proj.weight"] = (f, h)
-        shapes[p + "mlp.up_proj.weight"] = (f, h)
-        shapes[p + "mlp.down_proj.weight"] = (h, f)
-        shapes[p + "input_layernorm.weight"] = (h,)
-        shapes[p + "post_attention_layernorm.weight"] = (h,)
-    shapes["model.norm.weight"] = (h,)
-    shapes["lm_head.weight"] = (v, h)
-    return shapes
+    """The layout of the model ``cfg`` (a Hugging Face Llama config) describes."""
+    return testing_llama_shapes(
+        cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    )
 
 
 def generate(root: Path, tasks: int = 3, shards: int = 2, seed: int = 0) -> list[Path]:

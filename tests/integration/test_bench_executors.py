@@ -3,21 +3,15 @@ writes the local run's bytes, the table and results.json hold the measured field
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "executors.py"
+from tests._scripts import load_script
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("bench_executors", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/executors.py", "bench_executors")
 
 
 def test_smoke_run_of_the_local_executor(tmp_path, capsys):

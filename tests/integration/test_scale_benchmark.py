@@ -3,9 +3,7 @@ builds select the exact and efficient variants it claims to."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,16 +11,11 @@ from safetensors.torch import load_file
 
 from pactframe import build_registry
 from pactframe.config import parse_config
-
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
+from tests._scripts import load_script
 
 
 def _scale():
-    spec = importlib.util.spec_from_file_location("pf_scale_benchmark", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/scale.py", "pf_scale_benchmark")
 
 
 def test_efficient_configs_reach_the_backbone_and_pave_precision(tmp_path):

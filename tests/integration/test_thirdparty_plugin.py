@@ -26,19 +26,15 @@ from pactframe import build_registry
 from pactframe.cli import main
 from pactframe.testing import check_component
 from pactframe.types import LayerBundle
+from tests._scripts import load_script
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "thirdparty_plugin"
-CHECK_DOCS = Path(__file__).resolve().parents[2] / "docs" / "check_docs.py"
 DISTRIBUTION = "pactframe-example-median"
 MODULE = "pactframe_example_median"
 
 
 def load_check_docs():
-    spec = importlib.util.spec_from_file_location("check_docs", CHECK_DOCS)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/check_docs.py", "check_docs")
 
 
 def pip(*args: str) -> subprocess.CompletedProcess[str]:

@@ -4,9 +4,7 @@ every page linked, every link alive, every component and every hook documented).
 
 from __future__ import annotations
 
-import importlib.util
 import types
-from pathlib import Path
 from typing import ClassVar
 
 import attrs
@@ -15,17 +13,12 @@ import pytest
 from pactframe import MergedTensor, Merger, hookimpl
 from pactframe.plugins import make_plugin_manager
 from pactframe.registry import Registry
-
-CHECKER = Path(__file__).resolve().parents[2] / "docs" / "check_docs.py"
+from tests._scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def check_docs():
-    spec = importlib.util.spec_from_file_location("check_docs", CHECKER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/check_docs.py", "check_docs")
 
 
 def test_every_docs_page_is_linked_from_the_index(check_docs):

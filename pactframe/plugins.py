@@ -7,7 +7,8 @@ block, e.g. ``PACTFRAME_BLOCK_PLUGINS=ties,my_broken_plugin``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import pluggy
 
@@ -60,3 +61,24 @@ def make_plugin_manager(
             "spelling against pactframe.hookspecs."
         ) from exc
     return pm
+
+
+def results_by_plugin(
+    pm: pluggy.PluginManager, hook_name: str, what: str, error: type[Exception]
+) -> Iterator[tuple[str, list[Any] | tuple[Any, ...]]]:
+    """``(plugin name, returned list)`` for each implementation of ``hook_name``, in
+    registration order, each called alone so every item keeps its provider.
+
+    ``None`` results are skipped; anything but a list or tuple raises ``error`` naming
+    the plugin and ``what`` the hook must return (``"classes"``, ``"commands"``).
+    """
+    for impl in reversed(getattr(pm.hook, hook_name).get_hookimpls()):
+        result = impl.function()
+        if result is None:
+            continue
+        if not isinstance(result, (list, tuple)):
+            raise error(
+                f"Plugin {impl.plugin_name!r}: {hook_name}() must return a list of {what}; "
+                f"got {type(result).__name__}."
+            )
+        yield impl.plugin_name, result

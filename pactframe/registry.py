@@ -28,6 +28,7 @@ from pactframe.errors import (
     short_text,
 )
 from pactframe.hookspecs import HOOK_FOR_KIND
+from pactframe.plugins import make_plugin_manager, results_by_plugin
 
 #: what a component's ``name`` must be, matched whole (``fullmatch``): snake_case,
 #: starting with a lowercase letter (``ties``, ``task_arithmetic``)
@@ -97,23 +98,18 @@ class Registry:
         entries = []
         for kind in KINDS:
             contract = CONTRACTS[kind]
-            hook = getattr(pm.hook, HOOK_FOR_KIND[kind])
-            # call each implementation alone so every class keeps its provider
-            for impl in reversed(hook.get_hookimpls()):
-                plugin_name = impl.plugin_name
-                result = impl.function()
-                if result is None:
-                    continue
-                if not isinstance(result, (list, tuple)):
-                    raise ContractError(
-                        f"Plugin {plugin_name!r}: {HOOK_FOR_KIND[kind]}() must return a list "
-                        f"of classes; got {type(result).__name__}."
-                    )
+            for plugin_name, result in results_by_plugin(
+                pm, HOOK_FOR_KIND[kind], "classes", ContractError
+            ):
                 for obj in result:
                     _check_class(obj, kind, contract, plugin_name)
                     entries.append(
                         RegistryEntry(
-                            kind, obj.name, obj, plugin_name, dists.get(id(impl.plugin), "")
+                            kind,
+                            obj.name,
+                            obj,
+                            plugin_name,
+                            dists.get(id(pm.get_plugin(plugin_name)), ""),
                         )
                     )
         return cls(entries)
@@ -243,7 +239,5 @@ def _check_class(obj: Any, kind: str, contract: type[Component], plugin: str) ->
 def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     """A registry from ``pm``, or from a fresh plugin manager loading all entry points."""
     if pm is None:
-        from pactframe.plugins import make_plugin_manager
-
         pm = make_plugin_manager()
     return Registry.from_plugin_manager(pm)

@@ -22,6 +22,7 @@ from typing import Any
 import pluggy
 
 from pactframe.errors import PluginError
+from pactframe.plugins import make_plugin_manager, results_by_plugin
 
 _COMMAND_RE = re.compile(r"[a-z][a-z0-9_-]*")
 HOOK = "pactframe_register_commands"
@@ -42,21 +43,10 @@ def hook_commands(
             list of commands, a command lacks an attribute, or a name is taken.
     """
     if pm is None:
-        from pactframe.plugins import make_plugin_manager
-
         pm = make_plugin_manager()
     commands: dict[str, Any] = {}
     providers: dict[str, str] = {}
-    for impl in reversed(getattr(pm.hook, HOOK).get_hookimpls()):
-        plugin = impl.plugin_name
-        result = impl.function()
-        if result is None:
-            continue
-        if not isinstance(result, (list, tuple)):
-            raise PluginError(
-                f"Plugin {plugin!r}: {HOOK}() must return a list of commands; got "
-                f"{type(result).__name__}."
-            )
+    for plugin, result in results_by_plugin(pm, HOOK, "commands", PluginError):
         for command in result:
             name = _check_command(command, plugin)
             if name in reserved:

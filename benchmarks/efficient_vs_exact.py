@@ -39,13 +39,12 @@ def latest_rows(folder: Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
-def paired_accuracy(suite: Any, exact_row: dict[str, Any], backbone: str, models: Any) -> float:
+def paired_accuracy(
+    suite: Any, exact_row: dict[str, Any], backbone: str, models: Any, registry: Any
+) -> float:
     """Test accuracy of the efficient preset merged with the exact row's chosen settings."""
     from pactframe_bench.merge import merge_in_memory
 
-    from pactframe import build_registry
-
-    registry = build_registry()
     config = json.loads(json.dumps(exact_row["config"]))  # a copy
     pact = next(p for p in config["preprocessors"] if p["name"] == "pact")
     merger = {
@@ -68,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from pactframe_bench.runner import make_suite
 
+    from pactframe import build_registry
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("suite", choices=["vision-small", "text"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--validation-examples", type=int, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    registry = build_registry()
     options = {}
     if args.validation_examples:
         options["validation_examples"] = args.validation_examples
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             exact_acc = exact["test"]["mean_accuracy"]
             tuned[backbone].append(100 * (fast["test"]["mean_accuracy"] - exact_acc))
-            same = paired_accuracy(suite, exact, backbone, models)
+            same = paired_accuracy(suite, exact, backbone, models, registry)
             paired[backbone].append(100 * (same - exact_acc))
             print(
                 f"seed {seed} {backbone}: exact {100 * exact_acc:.1f} "
